@@ -1,0 +1,175 @@
+"""The plan: which Buildbot builders a set of pipelines and a worker inventory produce.
+
+Every builder is derived from declared inputs, never written by hand:
+
+* one *pipeline builder* per pipeline (named like the pipeline), whose build is one
+  run of the pipeline; it runs on the master and starts the job instances;
+* one *job builder* per job instance (pipeline, job, matrix entry, architecture),
+  named ``PIPELINE/JOB/ARCH`` (``PIPELINE/JOB#INDEX/ARCH`` for matrix jobs), pinned to
+  the workers of that architecture (and series, when the job names one).
+
+With an inventory, a job instance whose architecture has no pool is an error
+naming the job and the architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gating import arch as archmod
+from gating.diagnostics import Collector
+from gating.inventory import Inventory
+from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
+
+COORDINATOR_WORKER = "gating-coordinator"
+
+# lpci plugins this gate can run, and the shell each contributes.
+SUPPORTED_PLUGINS = frozenset({"tox", "pyproject-build", "golang"})
+
+
+@dataclass(frozen=True)
+class BuilderSpec:
+    name: str
+    pipeline: str
+    kind: str  # "pipeline" or "job"
+    arch: str | None = None
+    job: str | None = None
+    index: int | None = None
+    series: str | None = None
+    workernames: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "pipeline": self.pipeline,
+            "arch": self.arch,
+            "job": self.job,
+            "index": self.index,
+            "series": self.series,
+            "workernames": list(self.workernames),
+        }
+
+
+def builder_name(pipeline: Pipeline, job: Job, lane: str) -> str:
+    matrix = len(pipeline.entries(job.name)) > 1
+    part = f"{job.name}#{job.index}" if matrix else job.name
+    return f"{pipeline.name}/{part}/{lane}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    pipelines: tuple[Pipeline, ...]
+    builders: tuple[BuilderSpec, ...]
+
+    def builder(self, name: str) -> BuilderSpec:
+        for b in self.builders:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def instance_builder(self, pipeline: Pipeline, inst: InstanceId) -> str:
+        return builder_name(pipeline, pipeline.job(inst.job, inst.index), inst.lane)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pipelines": [
+                {
+                    "name": p.name,
+                    "file": p.file,
+                    "triggers": [t.kind for t in p.triggers],
+                    "stages": {lane: p.stages_for(lane) for lane in p.lanes()},
+                }
+                for p in self.pipelines
+            ],
+            "builders": [b.to_json() for b in self.builders],
+        }
+
+
+def make_plan(pipelines: list[Pipeline], inventory: Inventory | None, errors: Collector) -> Plan:
+    """Derive builders; with an inventory, check every instance has a pool and can run."""
+    builders: list[BuilderSpec] = []
+    for p in pipelines:
+        builders.append(BuilderSpec(p.name, p.name, "pipeline", workernames=(COORDINATOR_WORKER,)))
+        done: set[tuple[str, int]] = set()
+        for _stage, inst in p.instances():
+            job = p.job(inst.job, inst.index)
+            if inventory is not None and (job.name, job.index) not in done:
+                done.add((job.name, job.index))
+                _check_runnable(p, job, inventory, errors)
+            if inst.lane == MASTER_LANE:
+                continue
+            workers: tuple[str, ...] = ()
+            if inventory is not None:
+                workers = tuple(w.name for w in inventory.pool(inst.lane, job.series))
+            builders.append(
+                BuilderSpec(
+                    builder_name(p, job, inst.lane),
+                    p.name,
+                    "job",
+                    inst.lane,
+                    job.name,
+                    job.index,
+                    job.series,
+                    workers,
+                )
+            )
+    return Plan(tuple(pipelines), tuple(builders))
+
+
+def _check_runnable(p: Pipeline, job: Job, inventory: Inventory, errors: Collector) -> None:
+    what = f"job '{job.name}'" + (
+        f" (matrix entry {job.index})" if len(p.entries(job.name)) > 1 else ""
+    )
+    if job.uses is not None:
+        errors.error(
+            job.mark,
+            f"{what} uses '{job.uses}', which needs a build backend; "
+            "none is configured for this site",
+        )
+        return
+    if job.plugin is not None and job.plugin not in SUPPORTED_PLUGINS:
+        errors.error(
+            job.mark,
+            f"{what}: plugin '{job.plugin}' is not supported by this gate "
+            f"(supported: {', '.join(sorted(SUPPORTED_PLUGINS))})",
+        )
+    if job.package_repositories:
+        errors.error(
+            job.mark,
+            f"{what}: 'package-repositories' (apt sources) cannot be used on RPM worker pools",
+        )
+    pools = inventory.arches()
+    for position, arch in enumerate(job.architectures):
+        mark = job.arch_marks[position] if position < len(job.arch_marks) else job.mark
+        if not inventory.pool(arch):
+            errors.error(
+                mark,
+                f"{what} runs on architecture '{arch}', but no worker pool has that "
+                f"architecture (pools: {', '.join(pools) or 'none'})",
+            )
+            continue
+        pool = inventory.pool(arch, job.series)
+        if not pool:
+            errors.error(
+                mark,
+                f"{what} needs series '{job.series}' on {arch}, but no {arch} worker runs it",
+            )
+            continue
+        if job.packages:
+            lacking = [w.name for w in pool if not w.package_install]
+            if lacking:
+                errors.error(
+                    job.mark,
+                    f"{what} installs packages, but {arch} worker(s) "
+                    f"{', '.join(lacking)} have no 'package-install' command in the inventory",
+                )
+
+
+def sorted_builders(builders: tuple[BuilderSpec, ...]) -> list[BuilderSpec]:
+    """Pipeline builders first, then job builders by pipeline and arch (for the UI)."""
+    return sorted(
+        builders,
+        key=lambda b: (b.pipeline, b.kind != "pipeline", archmod.sort_key(b.arch or ""), b.name),
+    )

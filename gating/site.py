@@ -1,0 +1,250 @@
+"""The site configuration: a directory with ``gating.yaml``, a worker inventory and pipelines.
+
+``gating.yaml`` (every key optional)::
+
+    title: RDO gate
+    title-url: https://www.rdoproject.org/
+    buildbot-url: http://127.0.0.1:8010/
+    www-port: 8010
+    www-interface: 127.0.0.1
+    pb-port: 9989
+    database: sqlite:///state.sqlite     # any SQLAlchemy URL Buildbot supports
+    secrets-dir: secrets                 # Buildbot SecretInAFile directory, relative to the master
+    workers: workers.yaml                # inventory file(s), relative to this directory
+    pipelines: pipelines                 # folder of pipeline files, relative to this directory
+    projects:
+      - name: nova-distgit
+        repository: https://example.org/nova-distgit.git
+        branches: [rdo-liberty]
+        queue: rdo
+
+The site configuration is trusted: it is what the admin deploys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark
+from gating.inventory import Inventory, Worker, load_inventory
+from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, Pipeline, load_pipeline_file
+from gating.plan import Plan, make_plan
+from gating.yamltree import Node, Reader, describe, load
+
+SITE_FILE = "gating.yaml"
+PIPELINE_SUFFIXES = (".yaml", ".yml")
+
+SITE_KEYS = frozenset(
+    {
+        "title",
+        "title-url",
+        "buildbot-url",
+        "www-port",
+        "www-interface",
+        "pb-port",
+        "database",
+        "secrets-dir",
+        "workers",
+        "pipelines",
+        "projects",
+    }
+)
+PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
+PORT_RE = re.compile(r"^(tcp|ssl|unix):")
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    repository: str
+    branches: tuple[str, ...] = ("main",)
+    queue: str | None = None
+    mark: Mark = field(default=Mark("<none>"), compare=False)
+
+
+@dataclass(frozen=True)
+class Site:
+    config_dir: str
+    title: str = "buildbot-gating"
+    title_url: str = "https://github.com/buildbot/buildbot"
+    buildbot_url: str = "http://127.0.0.1:8010/"
+    www_port: int | str = 8010
+    www_interface: str = "127.0.0.1"
+    pb_port: int | str = 9989
+    database: str = "sqlite:///state.sqlite"
+    secrets_dir: str = "secrets"
+    workers: tuple[str, ...] = ("workers.yaml",)
+    pipelines: str = "pipelines"
+    projects: tuple[Project, ...] = ()
+
+    def project(self, name: str) -> Project | None:
+        return next((p for p in self.projects if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class GatingConfig:
+    """Everything a master needs, checked: site, workers, pipelines and the derived plan."""
+
+    site: Site | None
+    inventory: Inventory | None
+    pipelines: tuple[Pipeline, ...]
+    plan: Plan
+
+    @property
+    def workers(self) -> tuple[Worker, ...]:
+        return self.inventory.workers if self.inventory else ()
+
+
+def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collector) -> Site:
+    site = Site(config_dir=config_dir)
+    root = load(text, filename, errors)
+    if root is None or root.value is None:
+        return site
+    r = Reader(errors)
+    f = r.mapping(root, "the site configuration", SITE_KEYS)
+    if f is None:
+        return site
+    kw: dict[str, object] = {}
+    for key in ("title", "title-url", "buildbot-url", "www-interface", "database", "secrets-dir"):
+        if key in f:
+            value = r.string(f[key], f"'{key}'")
+            if value is not None:
+                kw[key.replace("-", "_")] = value
+    for key in ("www-port", "pb-port"):
+        if key in f:
+            port = _port(r, f[key], key)
+            if port is not None:
+                kw[key.replace("-", "_")] = port
+    if "workers" in f:
+        files = r.string_list(f["workers"], "'workers'", allow_single=True)
+        if files is not None:
+            kw["workers"] = tuple(s for s, _ in files)
+    if "pipelines" in f:
+        folder = r.string(f["pipelines"], "'pipelines'")
+        if folder is not None:
+            kw["pipelines"] = folder
+    if "projects" in f:
+        kw["projects"] = _projects(r, f["projects"])
+    return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
+
+
+def _port(r: Reader, node: Node, key: str) -> int | str | None:
+    v = node.value
+    if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536:
+        return v
+    if isinstance(v, str) and PORT_RE.match(v):
+        return v
+    r.fail(
+        node,
+        f"'{key}': expected a port number (1-65535) or a Twisted endpoint "
+        f"such as 'tcp:8010:interface=127.0.0.1', got {describe(node)}",
+    )
+    return None
+
+
+def _projects(r: Reader, node: Node) -> tuple[Project, ...]:
+    if not node.is_seq:
+        r.fail(node, f"'projects': expected a list of projects, got {describe(node)}")
+        return ()
+    out: list[Project] = []
+    seen: set[str] = set()
+    for entry in node.value:
+        f = r.mapping(entry, "project", PROJECT_KEYS, required=("name", "repository"))
+        if not f or "name" not in f or "repository" not in f:
+            continue
+        name = r.string(f["name"], "project 'name'")
+        if name is not None and not IDENTIFIER_RE.match(name):
+            r.fail(f["name"], f"project name '{name}' must be {IDENTIFIER_RULE}")
+            name = None
+        repo = r.string(f["repository"], f"project '{name}' 'repository'")
+        branches: tuple[str, ...] = ("main",)
+        if "branches" in f:
+            entries = r.string_list(
+                f["branches"], f"project '{name}' 'branches'", allow_single=True
+            )
+            branches = tuple(s for s, _ in entries or ())
+        queue = r.string(f["queue"], f"project '{name}' 'queue'") if "queue" in f else None
+        if name is None or repo is None:
+            continue
+        if name in seen:
+            r.fail(entry, f"project '{name}' is defined twice")
+            continue
+        seen.add(name)
+        out.append(Project(name, repo, branches, queue, entry.mark))
+    return tuple(out)
+
+
+def _display(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base.parent))
+    except ValueError:
+        return str(path)
+
+
+def pipeline_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(PIPELINE_SUFFIXES))
+
+
+def load_config(path: str | Path) -> GatingConfig:
+    """Load a configuration directory, or a single pipeline file (then no pools are checked).
+
+    Raises :class:`ConfigError` with every error of every file.
+    """
+    path = Path(path)
+    errors = Collector()
+    if path.is_file():
+        pipelines: list[Pipeline] = []
+        try:
+            pipelines.append(load_pipeline_file(path, str(path)))
+        except ConfigError as exc:
+            errors.extend(exc)
+        errors.check()
+        plan = make_plan(pipelines, None, errors)
+        errors.check()
+        return GatingConfig(None, None, tuple(pipelines), plan)
+    if not path.is_dir():
+        raise ConfigError(
+            [Diagnostic(Mark(str(path)), "no such configuration directory or pipeline file")]
+        )
+    site_path = path / SITE_FILE
+    if site_path.is_file():
+        site = parse_site(site_path.read_bytes(), _display(site_path, path), str(path), errors)
+    else:
+        errors.error(Mark(_display(site_path, path)), f"missing site configuration {SITE_FILE}")
+        site = Site(config_dir=str(path))
+    workers: list[Worker] = []
+    for name in site.workers:
+        inv_path = path / name
+        inv = load_inventory(inv_path, _display(inv_path, path), errors)
+        workers.extend(inv.workers)
+    names: dict[str, Worker] = {}
+    for worker in workers:
+        if worker.name in names:
+            errors.error(
+                worker.mark,
+                f"worker '{worker.name}' is also defined at {names[worker.name].mark}",
+            )
+        names.setdefault(worker.name, worker)
+    inventory = Inventory(tuple(names.values()))
+    folder = path / site.pipelines
+    pipelines = []
+    if not folder.is_dir():
+        errors.error(
+            Mark(_display(site_path, path)), f"pipelines folder '{site.pipelines}' does not exist"
+        )
+    else:
+        for file in pipeline_files(folder):
+            try:
+                pipelines.append(load_pipeline_file(file, _display(file, path)))
+            except ConfigError as exc:
+                errors.extend(exc)
+    seen: dict[str, Pipeline] = {}
+    for p in pipelines:
+        if p.name in seen:
+            errors.error(p.mark, f"pipeline '{p.name}' is also defined in {seen[p.name].file}")
+        seen.setdefault(p.name, p)
+    plan = make_plan(list(seen.values()), inventory, errors)
+    errors.check()
+    return GatingConfig(site, inventory, tuple(seen.values()), plan)

@@ -1,0 +1,249 @@
+"""YAML loaded into a tree where every value keeps its place in the file.
+
+``load()`` parses one document with PyYAML's safe loader, rejects duplicate
+keys and non-string keys, and returns a :class:`Node` tree. The ``Reader``
+helpers check types and keys, recording errors in a
+:class:`~gating.diagnostics.Collector` instead of raising, so a loader can
+report every mistake of a file at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from gating.diagnostics import Collector, Mark, did_you_mean
+
+MAX_FILE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Node:
+    """A located YAML value.
+
+    ``value`` is a Python scalar for scalars, a list of ``Node`` for sequences
+    and a dict of ``str -> Node`` for mappings (in file order);
+    ``key_marks`` gives where each mapping key was written.
+    """
+
+    value: Any
+    mark: Mark
+    key_marks: dict[str, Mark] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_map(self) -> bool:
+        return isinstance(self.value, dict)
+
+    @property
+    def is_seq(self) -> bool:
+        return isinstance(self.value, list)
+
+    @property
+    def is_scalar(self) -> bool:
+        return not (self.is_map or self.is_seq)
+
+    def key_mark(self, key: str) -> Mark:
+        return self.key_marks.get(key, self.mark)
+
+    def items(self) -> Iterator[tuple[str, Node]]:
+        return iter(self.value.items()) if self.is_map else iter(())
+
+    def plain(self) -> Any:
+        """The value without marks (plain dicts, lists and scalars)."""
+        if self.is_map:
+            return {k: v.plain() for k, v in self.value.items()}
+        if self.is_seq:
+            return [v.plain() for v in self.value]
+        return self.value
+
+
+def describe(node: Node) -> str:
+    """'a string', 'a list', ... for error messages."""
+    v = node.value
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if v is None:
+        return "nothing (null)"
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    if isinstance(v, int):
+        return f"an integer ({v})"
+    if isinstance(v, float):
+        return f"a number ({v})"
+    if isinstance(v, datetime.date):
+        return f"a date ({v})"
+    if isinstance(v, str):
+        return "a string"
+    return type(v).__name__
+
+
+def _mark(filename: str, m: yaml.Mark | None) -> Mark:
+    if m is None:
+        return Mark(filename)
+    return Mark(filename, m.line + 1, m.column + 1)
+
+
+class _Builder:
+    def __init__(self, filename: str, errors: Collector) -> None:
+        self.filename = filename
+        self.errors = errors
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node) -> Node:
+        mark = _mark(self.filename, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            values: dict[str, Node] = {}
+            key_marks: dict[str, Mark] = {}
+            for key_node, value_node in node.value:
+                kmark = _mark(self.filename, key_node.start_mark)
+                if not (
+                    isinstance(key_node, yaml.ScalarNode)
+                    and key_node.tag == "tag:yaml.org,2002:str"
+                ):
+                    self.errors.error(kmark, "keys must be strings")
+                    continue
+                key = key_node.value
+                if key in values:
+                    first = key_marks[key]
+                    self.errors.error(
+                        kmark,
+                        f"duplicate key '{key}' (first defined at line {first.line}, "
+                        f"column {first.column})",
+                    )
+                    continue
+                key_marks[key] = kmark
+                values[key] = self.build(value_node)
+            return Node(values, mark, key_marks)
+        if isinstance(node, yaml.SequenceNode):
+            return Node([self.build(v) for v in node.value], mark)
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.errors.error(mark, f"bad value: {exc}")
+            value = None
+        return Node(value, mark)
+
+
+def load(text: str | bytes, filename: str, errors: Collector) -> Node | None:
+    """Parse one YAML document; syntax errors go to ``errors`` with their place."""
+    if len(text) > MAX_FILE_BYTES:
+        errors.error(
+            Mark(filename), f"file is too large ({len(text)} bytes; the limit is {MAX_FILE_BYTES})"
+        )
+        return None
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.error(Mark(filename), f"file is not valid UTF-8 (byte {exc.start})")
+            return None
+    try:
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        errors.error(_mark(filename, mark), f"YAML syntax error: {problem}{context}")
+        return None
+    except yaml.YAMLError as exc:
+        errors.error(Mark(filename), f"YAML error: {exc}")
+        return None
+    if tree is None:
+        return Node(None, Mark(filename))
+    return _Builder(filename, errors).build(tree)
+
+
+class Reader:
+    """Typed access to :class:`Node` values; mistakes become errors, not exceptions."""
+
+    def __init__(self, errors: Collector) -> None:
+        self.errors = errors
+
+    def fail(self, node: Node, message: str) -> None:
+        self.errors.error(node.mark, message)
+
+    def mapping(
+        self,
+        node: Node,
+        what: str,
+        allowed: Iterable[str],
+        required: Iterable[str] = (),
+    ) -> dict[str, Node] | None:
+        """Check ``node`` is a mapping with only ``allowed`` keys and every ``required`` one."""
+        if not node.is_map:
+            self.fail(node, f"{what}: expected a mapping, got {describe(node)}")
+            return None
+        allowed = set(allowed)
+        for key in node.value:
+            if key not in allowed:
+                self.errors.error(
+                    node.key_mark(key),
+                    f"unknown key '{key}' in {what}{did_you_mean(key, allowed)}",
+                )
+        for key in required:
+            if key not in node.value:
+                self.fail(node, f"{what}: missing required key '{key}'")
+        return {k: v for k, v in node.value.items() if k in allowed}
+
+    def string(self, node: Node, what: str, *, numbers: bool = False) -> str | None:
+        v = node.value
+        if isinstance(v, str):
+            return v
+        if numbers and isinstance(v, int | float) and not isinstance(v, bool):
+            return str(v)
+        self.fail(node, f"{what}: expected a string, got {describe(node)}")
+        return None
+
+    def boolean(self, node: Node, what: str) -> bool | None:
+        if isinstance(node.value, bool):
+            return node.value
+        self.fail(node, f"{what}: expected true or false, got {describe(node)}")
+        return None
+
+    def integer(self, node: Node, what: str, minimum: int | None = None) -> int | None:
+        v = node.value
+        if not isinstance(v, int) or isinstance(v, bool):
+            self.fail(node, f"{what}: expected an integer, got {describe(node)}")
+            return None
+        if minimum is not None and v < minimum:
+            self.fail(node, f"{what}: expected an integer of at least {minimum}, got {v}")
+            return None
+        return v
+
+    def string_list(
+        self, node: Node, what: str, *, allow_single: bool = False
+    ) -> list[tuple[str, Node]] | None:
+        """A list of strings (or one string when ``allow_single``), each with its node."""
+        if allow_single and isinstance(node.value, str):
+            return [(node.value, node)]
+        if not node.is_seq:
+            expected = "a string or a list of strings" if allow_single else "a list of strings"
+            self.fail(node, f"{what}: expected {expected}, got {describe(node)}")
+            return None
+        out: list[tuple[str, Node]] = []
+        for item in node.value:
+            s = self.string(item, f"{what} entry")
+            if s is not None:
+                out.append((s, item))
+        return out
+
+    def string_map(self, node: Node, what: str, *, nullable: bool = False) -> dict[str, str | None]:
+        """A mapping of strings to strings (numbers accepted and turned into strings)."""
+        if not node.is_map:
+            self.fail(node, f"{what}: expected a mapping, got {describe(node)}")
+            return {}
+        out: dict[str, str | None] = {}
+        for key, value in node.items():
+            if nullable and value.value is None:
+                out[key] = None
+                continue
+            s = self.string(value, f"{what} '{key}'", numbers=True)
+            if s is not None:
+                out[key] = s
+        return out

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Make this machine ready to run the gating master, its tests and its demo.
+# Idempotent: a second run only checks and returns in a second or so.
+#
+#   scripts/bootstrap.sh            # system packages + .venv + pip install -e .[test]
+#   PYTHON=python3.12 scripts/bootstrap.sh
+set -euo pipefail
+
+# --- System packages --------------------------------------------------------
+# Add new requirements to BOTH lists (Debian/Ubuntu name, Fedora name).
+# Notes: rpmbuild comes from "rpm" on Debian and "rpm-build" on Fedora;
+# libkrb5-dev / krb5-devel are needed to build gssapi (koji -> requests-gssapi).
+DEBIAN_PACKAGES=(
+    git
+    rpm
+    createrepo-c
+    dnf
+    libkrb5-dev
+    gcc
+    python3-dev
+    python3-venv
+    curl
+)
+FEDORA_PACKAGES=(
+    git
+    rpm-build
+    createrepo_c
+    dnf
+    krb5-devel
+    gcc
+    python3-devel
+    curl
+)
+
+MIN_PYTHON=(3 11)
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+
+detect_family() {
+    local id="" id_like=""
+    if [[ -r /etc/os-release ]]; then
+        # shellcheck disable=SC1091
+        id="$(. /etc/os-release && echo "${ID:-}")"
+        # shellcheck disable=SC1091
+        id_like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
+    fi
+    case " $id $id_like " in
+        *" debian "* | *" ubuntu "*) echo debian; return ;;
+        *" fedora "* | *" rhel "* | *" centos "*) echo fedora; return ;;
+    esac
+    if command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
+        echo debian
+    elif command -v dnf >/dev/null 2>&1 && command -v rpm >/dev/null 2>&1; then
+        echo fedora
+    else
+        echo unknown
+    fi
+}
+
+# Prefix for commands that need root: nothing when root, sudo otherwise.
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' (not root and sudo not found)"
+    fi
+}
+
+system_packages() {
+    local family missing=() pkg
+    family="$(detect_family)"
+    case "$family" in
+        debian)
+            for pkg in "${DEBIAN_PACKAGES[@]}"; do
+                dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+            done
+            if ((${#missing[@]})); then
+                log "installing system packages: ${missing[*]}"
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+                as_root env DEBIAN_FRONTEND=noninteractive \
+                    apt-get install -y -q "${missing[@]}"
+            fi
+            ;;
+        fedora)
+            for pkg in "${FEDORA_PACKAGES[@]}"; do
+                # --whatprovides so that e.g. dnf5's "Provides: dnf" counts.
+                rpm -q --whatprovides "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+            done
+            if ((${#missing[@]})); then
+                log "installing system packages: ${missing[*]}"
+                as_root dnf install -y -q "${missing[@]}"
+            fi
+            ;;
+        *)
+            die "unsupported system (need Debian/Ubuntu with apt-get or Fedora with dnf)"
+            ;;
+    esac
+    log "system packages ok ($family)"
+}
+
+# True when "$1" runs and is at least MIN_PYTHON.
+python_ok() {
+    "$1" -c "import sys; sys.exit(0 if sys.version_info >= (${MIN_PYTHON[0]}, ${MIN_PYTHON[1]}) else 1)" \
+        >/dev/null 2>&1
+}
+
+virtualenv() {
+    local want="${MIN_PYTHON[0]}.${MIN_PYTHON[1]}"
+    if [[ -e "$VENV" ]] && ! python_ok "$VENV/bin/python"; then
+        log "existing $VENV is broken or older than Python $want: recreating it"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -e "$VENV" ]]; then
+        command -v "$PYTHON" >/dev/null 2>&1 \
+            || die "Python interpreter '$PYTHON' not found (set PYTHON=/path/to/python$want or newer)"
+        if ! python_ok "$PYTHON"; then
+            die "Python >= $want required, but '$PYTHON' is $("$PYTHON" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))' 2>/dev/null || echo unknown) (set PYTHON=/path/to/python$want or newer)"
+        fi
+        "$PYTHON" -m venv "$VENV" || die "could not create $VENV with '$PYTHON'"
+    fi
+    log "virtualenv ok ($("$VENV/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))') at $VENV)"
+}
+
+python_packages() {
+    local sum stamp
+    sum="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+    stamp="$VENV/.installed-$sum"
+    if [[ -e "$stamp" ]]; then
+        log "python packages ok (up to date)"
+        return
+    fi
+    log "installing python packages (pip install -e .[test])"
+    rm -f "$VENV"/.installed-*
+    "$VENV/bin/pip" install --quiet --no-input --disable-pip-version-check \
+        -e "$REPO[test]" || die "pip install -e '$REPO[test]' failed"
+    touch "$stamp"
+    log "python packages ok"
+}
+
+system_packages
+virtualenv
+python_packages
