@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gating import arch as archmod
+from gating.commands import PLUGIN_RUN
 from gating.diagnostics import Collector
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 
 COORDINATOR_WORKER = "gating-coordinator"
 
-# lpci plugins this gate can run, and the shell each contributes.
-SUPPORTED_PLUGINS = frozenset({"tox", "pyproject-build", "golang"})
+SUPPORTED_PLUGINS = frozenset(PLUGIN_RUN)
 
 
 @dataclass(frozen=True)

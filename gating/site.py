@@ -8,6 +8,7 @@
     www-port: 8010
     www-interface: 127.0.0.1
     pb-port: 9989
+    poll-interval: 60                    # seconds between polls of project repositories
     database: sqlite:///state.sqlite     # any SQLAlchemy URL Buildbot supports
     secrets-dir: secrets                 # Buildbot SecretInAFile directory, relative to the master
     workers: workers.yaml                # inventory file(s), relative to this directory
@@ -44,6 +45,7 @@ SITE_KEYS = frozenset(
         "www-port",
         "www-interface",
         "pb-port",
+        "poll-interval",
         "database",
         "secrets-dir",
         "workers",
@@ -73,6 +75,7 @@ class Site:
     www_port: int | str = 8010
     www_interface: str = "127.0.0.1"
     pb_port: int | str = 9989
+    poll_interval: int = 60
     database: str = "sqlite:///state.sqlite"
     secrets_dir: str = "secrets"
     workers: tuple[str, ...] = ("workers.yaml",)
@@ -117,6 +120,10 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
             port = _port(r, f[key], key)
             if port is not None:
                 kw[key.replace("-", "_")] = port
+    if "poll-interval" in f:
+        interval = r.integer(f["poll-interval"], "'poll-interval' (seconds)", minimum=1)
+        if interval is not None:
+            kw["poll_interval"] = interval
     if "workers" in f:
         files = r.string_list(f["workers"], "'workers'", allow_single=True)
         if files is not None:

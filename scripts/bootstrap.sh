@@ -20,6 +20,7 @@ DEBIAN_PACKAGES=(
     python3-dev
     python3-venv
     curl
+    cpio
 )
 FEDORA_PACKAGES=(
     git
@@ -30,6 +31,7 @@ FEDORA_PACKAGES=(
     gcc
     python3-devel
     curl
+    cpio
 )
 
 MIN_PYTHON=(3 11)

@@ -1,0 +1,329 @@
+"""Turn a checked :class:`~gating.site.GatingConfig` into Buildbot's ``BuildmasterConfig``.
+
+``master.cfg`` only calls :func:`buildmaster_config`. Configuration errors become
+Buildbot ``ConfigErrors`` (one per ``FILE:LINE:COLUMN`` message), so ``buildbot
+checkconfig`` prints them and ``buildbot reconfig`` keeps the running configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from buildbot.config.errors import ConfigErrors
+from buildbot.plugins import changes, schedulers, secrets, steps, util, worker
+from buildbot.process.factory import BuildFactory
+
+from gating import commands
+from gating.diagnostics import ConfigError
+from gating.inventory import Inventory
+from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
+from gating.plan import COORDINATOR_WORKER, builder_name, sorted_builders
+from gating.site import GatingConfig, Project, Site, load_config
+from gating.steps import JobTrigger, RunPipeline, trigger_scheduler_name
+
+CONFIG_ENV = "GATING_CONFIG"
+
+
+def _run_id(props: Any) -> str:
+    run = props.getProperty("gating_run")
+    if not isinstance(run, int) or isinstance(run, bool):
+        raise ValueError(f"gating_run must be a build id, got {run!r}")
+    return str(run)
+
+
+def _artifact(pipeline: str, job: str, index: int, lane: str) -> Any:
+    @util.renderer
+    def render(props: Any) -> str:
+        return commands.artifact_path(int(_run_id(props)), pipeline, job, index, lane)
+
+    return render
+
+
+def _has_repository(step: Any) -> bool:
+    return bool(step.getProperty("repository") or step.build.getAllSourceStamps()[0].repository)
+
+
+def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -> BuildFactory:
+    """The steps of one job instance, as lpci runs a job: source, inputs, packages,
+    ``run-before``/``run``/``run-after``, then the declared output to the master."""
+    f = BuildFactory()
+    f.addStep(
+        steps.Git(
+            name="checkout",
+            repourl=util.Property("repository"),
+            mode="full",
+            method="clobber",
+            doStepIf=_has_repository,
+            hideStepIf=lambda result, step: result == util.SKIPPED,
+        )
+    )
+    env = commands.environment(job)
+    if job.input is not None:
+        inst = InstanceId(job.name, job.index, lane)
+        target = job.input.target_directory
+        f.addStep(
+            steps.ShellCommand(
+                name=f"prepare input {target}",
+                command=["mkdir", "-p", "--", target],
+                haltOnFailure=True,
+            )
+        )
+        for producer in pipeline.producers(inst):
+            f.addStep(
+                steps.FileDownload(
+                    name=f"fetch output of {producer}",
+                    mastersrc=_artifact(pipeline.name, producer.job, producer.index, producer.lane),
+                    workerdest=commands.INPUT_TARBALL,
+                    haltOnFailure=True,
+                )
+            )
+            f.addStep(
+                steps.ShellCommand(
+                    name=f"unpack output of {producer}",
+                    command=commands.unpack_input_command(target),
+                    haltOnFailure=True,
+                )
+            )
+    if job.packages:
+        installers = {w.name: w.package_install for w in inventory.pool(lane, job.series)}
+
+        @util.renderer
+        def install(props: Any) -> list[str]:
+            return commands.package_command(
+                installers[props.getProperty("workername")], job.packages
+            )
+
+        f.addStep(steps.ShellCommand(name="install packages", command=install, haltOnFailure=True))
+    for snap in job.snaps:
+        f.addStep(
+            steps.ShellCommand(
+                name=f"install snap {snap.name}",
+                command=commands.snap_command(snap),
+                haltOnFailure=True,
+            )
+        )
+    for step_name, script in (
+        ("run-before", job.run_before),
+        ("run", commands.run_script(job)),
+        ("run-after", job.run_after),
+    ):
+        if script:
+            f.addStep(
+                steps.ShellCommand(
+                    name=step_name,
+                    description=step_name,
+                    descriptionDone=step_name,
+                    command=commands.script_command(script),
+                    env=env,
+                    maxTime=job.timeout,
+                    haltOnFailure=True,
+                )
+            )
+    if job.output is not None:
+        f.addStep(
+            steps.ShellCommand(
+                name="collect output",
+                command=commands.collect_output_command(job.output.paths),
+                haltOnFailure=True,
+            )
+        )
+        f.addStep(
+            steps.StringDownload(
+                json.dumps(dict(job.output.properties), sort_keys=True) + "\n",
+                name="output properties",
+                workerdest=f"{commands.OUTPUT_STAGING}/properties",
+                haltOnFailure=True,
+            )
+        )
+        f.addStep(
+            steps.ShellCommand(
+                name="pack output", command=commands.pack_output_command(), haltOnFailure=True
+            )
+        )
+        f.addStep(
+            steps.FileUpload(
+                name="upload output",
+                workersrc=commands.OUTPUT_TARBALL,
+                masterdest=_artifact(pipeline.name, job.name, job.index, lane),
+                haltOnFailure=True,
+            )
+        )
+    return f
+
+
+def _pipeline_projects(pipeline: Pipeline, site: Site, kind: str) -> list[Project]:
+    for trigger in pipeline.triggers:
+        if trigger.kind == kind:
+            names = trigger.option("projects")
+            if names is None:
+                return list(site.projects)
+            return [p for p in site.projects if p.name in names]
+    return []
+
+
+def _schedulers(config: GatingConfig) -> list[Any]:
+    site = config.site
+    assert site is not None
+    out: list[Any] = []
+    for p in config.pipelines:
+        job_builders = [
+            b.name for b in config.plan.builders if b.pipeline == p.name and b.kind == "job"
+        ]
+        out.append(JobTrigger(name=trigger_scheduler_name(p.name), builderNames=job_builders))
+        out.append(
+            schedulers.ForceScheduler(
+                name=f"force-{p.name}".replace(".", "_").replace("+", "_"),
+                label=f"Run {p.name}",
+                builderNames=[p.name],
+                codebases=[
+                    util.CodebaseParameter(
+                        "",
+                        repository=util.StringParameter(name="repository", default=""),
+                        branch=util.StringParameter(name="branch", default=""),
+                        revision=util.StringParameter(name="revision", default=""),
+                        project=util.FixedParameter(name="project", default=""),
+                    )
+                ],
+            )
+        )
+        for project in _pipeline_projects(p, site, "dist_git_commit"):
+            trigger = next(t for t in p.triggers if t.kind == "dist_git_commit")
+            branches = trigger.option("branches") or list(project.branches)
+            out.append(
+                schedulers.SingleBranchScheduler(
+                    name=f"{p.name}:commit:{project.name}",
+                    change_filter=util.ChangeFilter(project=project.name, branch=branches),
+                    treeStableTimer=None,
+                    builderNames=[p.name],
+                )
+            )
+        for trigger in p.triggers:
+            if trigger.kind != "nightly":
+                continue
+            for project in _pipeline_projects(p, site, "nightly") or [None]:
+                codebases = (
+                    {"": {"repository": project.repository, "branch": project.branches[0]}}
+                    if project
+                    else {"": {"repository": "", "branch": None}}
+                )
+                out.append(
+                    schedulers.Nightly(
+                        name=f"{p.name}:nightly:{project.name if project else 'none'}",
+                        builderNames=[p.name],
+                        hour=trigger.option("hour", 3),
+                        minute=trigger.option("minute", 0),
+                        codebases=codebases,
+                    )
+                )
+    return out
+
+
+def _change_sources(site: Site, config: GatingConfig, basedir: Path) -> list[Any]:
+    watched = {
+        project.name: project
+        for p in config.pipelines
+        for project in _pipeline_projects(p, site, "dist_git_commit")
+    }
+    out = []
+    for project in watched.values():
+        repo = project.repository
+        if "://" not in repo and not repo.startswith("git@"):
+            repo = str((Path(site.config_dir) / repo).resolve())
+        out.append(_git_poller(repo, project, site, basedir))
+    return out
+
+
+def _git_poller(repo: str, project: Project, site: Site, basedir: Path) -> Any:
+    return changes.GitPoller(
+        repourl=repo,
+        branches=list(project.branches),
+        project=project.name,
+        pollInterval=site.poll_interval,
+        pollAtLaunch=True,
+        workdir=str(basedir / "gitpoller" / project.name),
+    )
+
+
+def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
+    """Build the ``BuildmasterConfig`` dict for a loaded configuration."""
+    basedir = Path(basedir).resolve()
+    site = config.site
+    inventory = config.inventory
+    if site is None or inventory is None:
+        raise ValueError("a master needs a configuration directory, not a single pipeline file")
+    secrets_dir = Path(site.secrets_dir)
+    if not secrets_dir.is_absolute():
+        secrets_dir = basedir / secrets_dir
+    c: dict[str, Any] = {
+        "title": site.title,
+        "titleURL": site.title_url,
+        "buildbotURL": site.buildbot_url,
+        "db": {"db_url": site.database},
+        "protocols": {"pb": {"port": site.pb_port}},
+        "buildbotNetUsageData": None,
+        "secretsProviders": [secrets.SecretInAFile(dirname=str(secrets_dir))],
+    }
+    workers: list[Any] = [
+        worker.Worker(
+            w.name,
+            util.Secret(w.password_secret),
+            max_builds=w.max_builds,
+            properties={"gating_worker_arch": w.arch},
+        )
+        for w in inventory.workers
+    ]
+    coordinators = max(4, len(config.pipelines) * 2)
+    workers.append(worker.LocalWorker(COORDINATOR_WORKER, max_builds=coordinators))
+    c["workers"] = workers
+
+    builders = []
+    for spec in sorted_builders(config.plan.builders):
+        pipeline = next(p for p in config.pipelines if p.name == spec.pipeline)
+        if spec.kind == "pipeline":
+            table = {
+                inst: builder_name(pipeline, pipeline.job(inst.job, inst.index), inst.lane)
+                for _n, inst in pipeline.instances()
+                if inst.lane != MASTER_LANE
+            }
+            factory = BuildFactory([RunPipeline(pipeline, table)])
+            tags = ["pipeline", pipeline.name]
+        else:
+            assert spec.arch is not None and spec.job is not None and spec.index is not None
+            job = pipeline.job(spec.job, spec.index)
+            factory = job_factory(pipeline, job, spec.arch, inventory)
+            tags = ["job", pipeline.name, spec.arch]
+        builders.append(
+            util.BuilderConfig(
+                name=spec.name,
+                workernames=list(spec.workernames),
+                factory=factory,
+                tags=tags,
+                builddir=spec.name.replace("/", "_"),
+                workerbuilddir=spec.name.replace("/", "_"),
+                properties={"gating_pipeline": pipeline.name},
+            )
+        )
+    c["builders"] = builders
+    c["schedulers"] = _schedulers(config)
+    c["change_source"] = _change_sources(site, config, basedir)
+    c["www"] = {
+        "port": f"tcp:{site.www_port}:interface={site.www_interface}"
+        if isinstance(site.www_port, int)
+        else site.www_port,
+        "plugins": {"console_view": {}, "grid_view": {}, "waterfall_view": {}},
+        "change_hook_dialects": {},
+    }
+    return c
+
+
+def buildmaster_config(basedir: str, config_dir: str | None = None) -> dict[str, Any]:
+    """Load the configuration directory (``$GATING_CONFIG`` or ``BASEDIR/config``)."""
+    config_dir = config_dir or os.environ.get(CONFIG_ENV) or os.path.join(basedir, "config")
+    try:
+        config = load_config(config_dir)
+    except ConfigError as exc:
+        raise ConfigErrors(exc.messages) from None
+    return to_buildbot(config, basedir)
