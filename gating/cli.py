@@ -66,7 +66,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gating import demo
 
-    return demo.run(args.basedir, port=args.port)
+    return demo.run(args.basedir, port=args.port, pb_port=args.pb_port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +81,8 @@ def parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser("demo", help="run the embedded demo master, workers and web UI")
     demo.add_argument("--basedir", default=".gating-demo")
-    demo.add_argument("--port", type=int, default=8010)
+    demo.add_argument("--port", type=int, default=8010, help="web UI port")
+    demo.add_argument("--pb-port", type=int, default=9989, help="port workers connect to")
     demo.set_defaults(func=cmd_demo)
     return ap
 

@@ -21,15 +21,25 @@ PLUGIN_RUN = {
 }
 
 # Collect the files matching each glob argument into the staging folder, keeping their
-# relative paths. The patterns are positional arguments: compgen -G expands them as globs
-# without evaluating them as shell code.
+# relative paths. The patterns are positional arguments, expanded unquoted with an empty
+# IFS: that is pathname expansion only, with no word splitting and no evaluation of the
+# pattern as shell code, and file names (even with newlines) stay whole. Matches that are
+# '.' or go through '..' (older bash matches them for '.*') and the staging folder itself
+# are never collected.
 _COLLECT = r"""set -eu
+shopt -s globstar nullglob
 dest=$1; shift
 rm -rf -- "$dest"; mkdir -p -- "$dest/files"
+IFS=
 for pattern in "$@"; do
-    while IFS= read -r path; do
-        cp -a --parents -- "$path" "$dest/files/"
-    done < <(compgen -G "$pattern" || true)
+    for path in $pattern; do
+        case /$path/ in
+            */../* | */./ | "/$dest/"* | "/./$dest/"*) continue ;;
+        esac
+        if [[ -e $path || -L $path ]]; then
+            cp -a --parents -- "$path" "$dest/files/"
+        fi
+    done
 done
 """
 

@@ -56,9 +56,9 @@ def commit_change(repo: Path) -> str:
     return _git(repo, "rev-parse", "HEAD").strip()
 
 
-def run(basedir: str, port: int = 8010) -> int:
+def run(basedir: str, port: int = 8010, pb_port: int = 9989) -> int:
     base = Path(basedir).resolve()
-    site = LocalSite(base, www_port=port)
+    site = LocalSite(base, www_port=port, pb_port=pb_port)
     ensure_sample_repo(base)
     print(f"demo: preparing {base}", flush=True)
     site.create(EXAMPLE)
@@ -84,8 +84,7 @@ def run(basedir: str, port: int = 8010) -> int:
             flush=True,
         )
         while not stopping:
-            master = site.processes.get("master")
-            if master is not None and master.poll() is not None:
+            if site.master_pid() is None:
                 print("demo: the master exited; see master/twistd.log", file=sys.stderr)
                 return 1
             time.sleep(1)

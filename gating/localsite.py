@@ -14,14 +14,17 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from gating.site import load_config
 
@@ -32,6 +35,12 @@ MASTER_CFG = REPO_ROOT / "master.cfg"
 def _bin(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_checked(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -48,7 +57,6 @@ class LocalSite:
     basedir: Path
     www_port: int = 8010
     pb_port: int = 9989
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def config_dir(self) -> Path:
@@ -70,21 +78,25 @@ class LocalSite:
 
     # -- creation -----------------------------------------------------------------
 
-    def create(self, config_source: Path, replacements: dict[str, str] | None = None) -> None:
-        """Copy a configuration directory in (once), create the master and the workers."""
+    def create(self, config_source: Path | None = None) -> None:
+        """Copy a configuration directory in (once; or use one already in ``config/``),
+        set its ports to this site's, and create the master and the workers."""
         self.basedir.mkdir(parents=True, exist_ok=True)
         if not self.config_dir.exists():
+            if config_source is None:
+                raise FileNotFoundError(f"no configuration in {self.config_dir}")
             shutil.copytree(config_source, self.config_dir)
-            replacements = {
-                "8010": str(self.www_port),
-                "9989": str(self.pb_port),
-                **(replacements or {}),
+        site_file = self.config_dir / "gating.yaml"
+        data = yaml.safe_load(site_file.read_text()) or {}
+        data.update(
+            {
+                "www-port": self.www_port,
+                "www-interface": "127.0.0.1",
+                "buildbot-url": self.url,
+                "pb-port": f"tcp:{self.pb_port}:interface=127.0.0.1",
             }
-            for path in self.config_dir.rglob("*.yaml"):
-                text = path.read_text()
-                for old, new in replacements.items():
-                    text = text.replace(old, new)
-                path.write_text(text)
+        )
+        site_file.write_text(yaml.safe_dump(data, sort_keys=False))
         config = load_config(self.config_dir)
         self.master_dir.mkdir(exist_ok=True)
         shutil.copy(MASTER_CFG, self.master_dir / "master.cfg")
@@ -128,47 +140,66 @@ class LocalSite:
         run_checked([_bin("buildbot"), "upgrade-master", str(self.master_dir)], env=self.env())
 
     # -- processes ----------------------------------------------------------------
+    # Master and workers run as daemons with pid files, as an admin runs them, so that
+    # `buildbot reconfig` and `buildbot stop` work on them.
 
     def start(self, timeout: float = 90) -> None:
-        log = open(self.basedir / "master.out", "ab")  # noqa: SIM115 - kept for the process
-        self.processes["master"] = subprocess.Popen(
-            [_bin("buildbot"), "start", "--nodaemon", str(self.master_dir)],
+        proc = subprocess.run(
+            [_bin("buildbot"), "start", str(self.master_dir)],
             env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
         )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"the master did not start ({proc.returncode}): {proc.stdout}{proc.stderr}\n"
+                f"see {self.master_dir / 'twistd.log'}"
+            )
         self.wait_for_ui(timeout)
         config = load_config(self.config_dir)
         for w in config.workers:
             self.start_worker(w.name)
         self.wait_for_workers([w.name for w in config.workers], timeout)
 
+    def worker_dir(self, name: str) -> Path:
+        return self.basedir / "workers" / name
+
     def start_worker(self, name: str) -> None:
-        wdir = self.basedir / "workers" / name
-        log = open(self.basedir / f"worker-{name}.out", "ab")  # noqa: SIM115
-        self.processes[f"worker:{name}"] = subprocess.Popen(
-            [_bin("buildbot-worker"), "start", "--nodaemon", str(wdir)],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        run_checked([_bin("buildbot-worker"), "start", str(self.worker_dir(name))], env=self.env())
+
+    def stop_worker(self, name: str) -> None:
+        if (self.worker_dir(name) / "twistd.pid").exists():
+            subprocess.run(
+                [_bin("buildbot-worker"), "stop", str(self.worker_dir(name))],
+                env=self.env(),
+                capture_output=True,
+                timeout=60,
+            )
+
+    def master_pid(self) -> int | None:
+        try:
+            pid = int((self.master_dir / "twistd.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
 
     def stop(self) -> None:
-        for name, proc in reversed(list(self.processes.items())):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            del self.processes[name]
+        workers = self.basedir / "workers"
+        for wdir in sorted(workers.iterdir()) if workers.exists() else []:
+            self.stop_worker(wdir.name)
+        if self.master_pid() is not None:
+            subprocess.run(
+                [_bin("buildbot"), "stop", str(self.master_dir)],
+                env=self.env(),
+                capture_output=True,
+                timeout=120,
+            )
 
-    def reconfig(self) -> None:
+    def reconfig(self) -> subprocess.CompletedProcess:
         """``buildbot reconfig``: sends SIGHUP and waits for the master's verdict."""
-        subprocess.run(
+        return subprocess.run(
             [_bin("buildbot"), "reconfig", str(self.master_dir)],
             env=self.env(),
             capture_output=True,
@@ -196,10 +227,9 @@ class LocalSite:
     def wait_for_ui(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            master = self.processes.get("master")
-            if master is not None and master.poll() is not None:
+            if self.master_pid() is None:
                 raise RuntimeError(
-                    f"master exited ({master.returncode}); see {self.master_dir / 'twistd.log'}"
+                    f"the master is not running; see {self.master_dir / 'twistd.log'}"
                 )
             try:
                 self.api("masters")

@@ -783,6 +783,8 @@ class _PipelineParser:
                     f"{where} input names job '{source}', which has no 'output'",
                 )
                 continue
+            if not any(j.lanes for j in pipeline.entries(source)):
+                continue  # the producer's own errors were reported already
             for lane in job.lanes:
                 inst = InstanceId(job.name, job.index, lane)
                 chosen = pipeline.input_lane(inst)
