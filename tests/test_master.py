@@ -1,0 +1,123 @@
+"""gating.master: the configuration directory becomes a BuildmasterConfig that Buildbot
+itself accepts; step names and arguments are pinned."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from buildbot.config.errors import ConfigErrors
+from buildbot.config.master import MasterConfig, loadConfigDict
+from buildbot.process.properties import Secret
+
+from gating import master as gmaster
+from gating.localsite import REPO_ROOT
+
+DEMO = REPO_ROOT / "examples" / "demo"
+MULTIARCH = REPO_ROOT / "tests" / "integration" / "sites" / "multiarch"
+
+
+@pytest.fixture
+def basedir(tmp_path: Path) -> Path:
+    (tmp_path / "secrets").mkdir(mode=0o700)
+    return tmp_path
+
+
+def step_names(factory) -> list[str]:
+    return [s.kwargs.get("name") or s.step_class.name for s in factory.steps]
+
+
+def step(factory, name):
+    return next(s for s in factory.steps if s.kwargs.get("name") == name)
+
+
+def test_demo_config_is_accepted_by_buildbot(basedir):
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    assert [b.name for b in loaded.builders] == [
+        "sample",
+        "sample/build/x86_64",
+        "sample/inspect/x86_64",
+        "sample/lint/x86_64",
+        "sample/lint/aarch64",
+        "sample/test/aarch64",
+    ]
+    workers = {b.name: b.workernames for b in loaded.builders}
+    assert workers["sample"] == ["gating-coordinator"]
+    assert workers["sample/test/aarch64"] == ["local-aarch64"]
+    assert workers["sample/lint/x86_64"] == ["local-x86_64"]
+    assert sorted(loaded.schedulers) == [
+        "force-sample",
+        "sample:commit:sample-distgit",
+        "sample:jobs",
+    ]
+    assert loaded.db.db_url == "sqlite:///state.sqlite"
+    assert set(loaded.www["plugins"]) == {"console_view", "grid_view", "waterfall_view"}
+    assert loaded.www["port"] == "tcp:8010:interface=127.0.0.1"
+
+
+def test_worker_passwords_are_secrets_never_strings(basedir):
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    pb_workers = [w for w in config["workers"] if w.name != "gating-coordinator"]
+    assert {w.name for w in pb_workers} == {"local-x86_64", "local-aarch64"}
+    for w in pb_workers:
+        assert isinstance(w.password, Secret)
+        assert w.password.secret_name == f"worker-{w.name}"
+
+
+def test_job_steps_are_pinned(basedir):
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    builders = {b.name: b for b in config["builders"]}
+    test = builders["sample/test/aarch64"].factory
+    assert step_names(test) == [
+        "checkout",
+        "prepare input built",
+        "fetch output of build[0]@x86_64",
+        "unpack output of build[0]@x86_64",
+        "run",
+    ]
+    assert step(test, "prepare input built").kwargs["command"] == ["mkdir", "-p", "--", "built"]
+    assert step(test, "unpack output of build[0]@x86_64").kwargs["command"] == [
+        "tar",
+        "-xf",
+        ".gating-input.tar",
+        "-C",
+        "built",
+    ]
+    run = step(test, "run").kwargs
+    assert run["command"][:4] == ["bash", "--noprofile", "--norc", "-ec"]
+    assert run["env"] == {"LANG": "C.UTF-8"}
+    build = builders["sample/build/x86_64"].factory
+    assert step_names(build) == [
+        "checkout",
+        "run",
+        "collect output",
+        "output properties",
+        "pack output",
+        "upload output",
+    ]
+    collect = step(build, "collect output").kwargs["command"]
+    assert collect[-2:] == [".gating-output", "rpmbuild/RPMS/*/*.rpm"]
+
+
+def test_master_cfg_wires_the_configuration_directory(basedir, monkeypatch):
+    shutil.copy(REPO_ROOT / "master.cfg", basedir / "master.cfg")
+    monkeypatch.setenv("GATING_CONFIG", str(MULTIARCH))
+    _filename, config = loadConfigDict(str(basedir), "master.cfg")
+    names = {b.name for b in config["builders"]}
+    assert {"failing", "passing", "passing/test-arm/aarch64"} <= names
+
+
+def test_broken_configuration_becomes_buildbot_config_errors(basedir, tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(MULTIARCH, conf)
+    (conf / "pipelines" / "passing.yaml").write_text(
+        "pipeline: [aa]\njobs:\n  aa:\n    architectures: [s390x]\n    run: 'true'\n"
+    )
+    with pytest.raises(ConfigErrors) as exc:
+        gmaster.buildmaster_config(str(basedir), str(conf))
+    assert exc.value.errors == [
+        "conf/pipelines/passing.yaml:4:21: job 'aa' runs on architecture 's390x', but no worker "
+        "pool has that architecture (pools: x86_64, aarch64)"
+    ]
