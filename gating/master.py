@@ -43,7 +43,8 @@ def _artifact(pipeline: str, job: str, index: int, lane: str) -> Any:
 
 
 def _has_repository(step: Any) -> bool:
-    return bool(step.getProperty("repository") or step.build.getAllSourceStamps()[0].repository)
+    stamps = step.build.getAllSourceStamps()
+    return bool(step.getProperty("repository") or (stamps and stamps[0].repository))
 
 
 def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -> BuildFactory:

@@ -183,13 +183,6 @@ def _projects(r: Reader, node: Node) -> tuple[Project, ...]:
     return tuple(out)
 
 
-def _display(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base.parent))
-    except ValueError:
-        return str(path)
-
-
 def pipeline_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(PIPELINE_SUFFIXES))
 
@@ -217,14 +210,14 @@ def load_config(path: str | Path) -> GatingConfig:
         )
     site_path = path / SITE_FILE
     if site_path.is_file():
-        site = parse_site(site_path.read_bytes(), _display(site_path, path), str(path), errors)
+        site = parse_site(site_path.read_bytes(), str(site_path), str(path), errors)
     else:
-        errors.error(Mark(_display(site_path, path)), f"missing site configuration {SITE_FILE}")
+        errors.error(Mark(str(site_path)), f"missing site configuration {SITE_FILE}")
         site = Site(config_dir=str(path))
     workers: list[Worker] = []
     for name in site.workers:
         inv_path = path / name
-        inv = load_inventory(inv_path, _display(inv_path, path), errors)
+        inv = load_inventory(inv_path, str(inv_path), errors)
         workers.extend(inv.workers)
     names: dict[str, Worker] = {}
     for worker in workers:
@@ -239,12 +232,12 @@ def load_config(path: str | Path) -> GatingConfig:
     pipelines = []
     if not folder.is_dir():
         errors.error(
-            Mark(_display(site_path, path)), f"pipelines folder '{site.pipelines}' does not exist"
+            Mark(str(site_path)), f"pipelines folder '{site.pipelines}' does not exist"
         )
     else:
         for file in pipeline_files(folder):
             try:
-                pipelines.append(load_pipeline_file(file, _display(file, path)))
+                pipelines.append(load_pipeline_file(file, str(file)))
             except ConfigError as exc:
                 errors.extend(exc)
     seen: dict[str, Pipeline] = {}

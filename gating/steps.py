@@ -70,7 +70,8 @@ class RunPipeline(buildstep.BuildStep):
         self.pipeline = pipeline
         self.builders = builders
         self.run_state: PipelineRun | None = None
-        self._pending: dict[InstanceId, defer.Deferred] = {}
+        # (bsid, {builderid: brid}) of each triggered instance, once known
+        self._pending: dict[InstanceId, Any] = {}
         self._stopping: str | None = None
 
     def _sourcestamps(self) -> list[dict[str, Any]]:
@@ -119,9 +120,13 @@ class RunPipeline(buildstep.BuildStep):
             def failed(f: Any) -> None:
                 finished.put((inst, results.EXCEPTION, f.getErrorMessage()))
 
-            ids.addErrback(failed)
+            def requested(value: Any) -> Any:
+                # Keep the value: yielding ``ids`` itself would consume its result.
+                self._pending[inst] = value
+                return value
+
+            ids.addCallbacks(requested, failed)
             done.addCallbacks(lambda r: finished.put((inst, r[0], "")), failed)
-            self._pending[inst] = ids
 
         for lane in self.pipeline.lanes():
             stages = " -> ".join(
@@ -168,10 +173,7 @@ class RunPipeline(buildstep.BuildStep):
     @defer.inlineCallbacks
     def _child_builds(self, inst: InstanceId) -> Any:
         """(brid, [build dicts]) of the request made for ``inst``, once it exists."""
-        ids = self._pending.get(inst)
-        if ids is None or not ids.called:
-            return []
-        value = yield ids
+        value = self._pending.get(inst)
         if not value:
             return []
         out = []

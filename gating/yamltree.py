@@ -19,6 +19,14 @@ import yaml
 from gating.diagnostics import Collector, Mark, did_you_mean
 
 MAX_FILE_BYTES = 1024 * 1024
+MAX_VALUES = 100_000
+
+
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
+
+class _TooManyValues(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -94,19 +102,55 @@ class _Builder:
         self.filename = filename
         self.errors = errors
         self.constructor = yaml.constructor.SafeConstructor()
+        self.count = 0
 
     def build(self, node: yaml.Node) -> Node:
+        # Aliases are expanded, so count every value built: a few lines of nested
+        # aliases ("billion laughs") must not exhaust the master.
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _TooManyValues()
         mark = _mark(self.filename, node.start_mark)
+        if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+            # e.g. "!!python/object/apply:os.system [...]" or "!!set": never a plain list
+            self.errors.error(
+                mark, f"bad value: could not determine a constructor for the tag '{node.tag}'"
+            )
+            return Node(None, mark)
         if isinstance(node, yaml.MappingNode):
             values: dict[str, Node] = {}
             key_marks: dict[str, Mark] = {}
+            merged: dict[str, Node] = {}
+            merged_marks: dict[str, Mark] = {}
             for key_node, value_node in node.value:
                 kmark = _mark(self.filename, key_node.start_mark)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    # YAML merge keys ("<<: *defaults"), as PyYAML's safe_load and so lpci
+                    # read them: keys written in this mapping win, then the earlier source.
+                    sources = (
+                        value_node.value
+                        if isinstance(value_node, yaml.SequenceNode)
+                        else [value_node]
+                    )
+                    for source in sources:
+                        if not isinstance(source, yaml.MappingNode):
+                            self.errors.error(
+                                _mark(self.filename, source.start_mark),
+                                "merge key ('<<') expects a mapping or a list of mappings",
+                            )
+                            continue
+                        built = self.build(source)
+                        for key, value in built.items():
+                            if key not in merged:
+                                merged[key] = value
+                                merged_marks[key] = built.key_mark(key)
+                    continue
                 if not (
                     isinstance(key_node, yaml.ScalarNode)
                     and key_node.tag == "tag:yaml.org,2002:str"
                 ):
-                    self.errors.error(kmark, "keys must be strings")
+                    got = describe(self.build(key_node))
+                    self.errors.error(kmark, f"keys must be strings, got {got}")
                     continue
                 key = key_node.value
                 if key in values:
@@ -119,13 +163,24 @@ class _Builder:
                     continue
                 key_marks[key] = kmark
                 values[key] = self.build(value_node)
+            if merged:
+                for key in merged.keys() - values.keys():
+                    key_marks[key] = merged_marks[key]
+                values = {
+                    **{k: v for k, v in merged.items() if k not in values},
+                    **values,
+                }
             return Node(values, mark, key_marks)
         if isinstance(node, yaml.SequenceNode):
             return Node([self.build(v) for v in node.value], mark)
         try:
             value = self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.errors.error(mark, f"bad value: {exc}")
+        except yaml.MarkedYAMLError as exc:
+            self.errors.error(mark, f"bad value: {exc.problem or exc.context}")
+            value = None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            # e.g. "!!int abc", or a date that does not exist (2024-02-30)
+            self.errors.error(mark, f"bad value '{node.value}': {exc}")
             value = None
         return Node(value, mark)
 
@@ -141,22 +196,60 @@ def load(text: str | bytes, filename: str, errors: Collector) -> Node | None:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            errors.error(Mark(filename), f"file is not valid UTF-8 (byte {exc.start})")
+            line_start = text.rfind(b"\n", 0, exc.start) + 1
+            column = len(text[line_start : exc.start].decode("utf-8")) + 1
+            errors.error(
+                Mark(filename, text.count(b"\n", 0, exc.start) + 1, column),
+                f"file is not valid UTF-8 (byte 0x{text[exc.start]:02x})",
+            )
             return None
     try:
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        errors.error(Mark(filename), "file is nested too deeply")
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or "invalid YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        errors.error(_mark(filename, mark), f"YAML syntax error: {problem}{context}")
+        context = ""
+        if exc.context and exc.context.startswith("found duplicate anchor") and exc.context_mark:
+            first = exc.context_mark
+            anchor = exc.context.split(";")[0].removeprefix("found ")
+            problem = (
+                f"{anchor} (first defined at line {first.line + 1}, column {first.column + 1})"
+            )
+        elif exc.context and not exc.context.startswith("while "):
+            # e.g. "expected a single document in the stream, but found another document"
+            problem = f"{exc.context}, {problem}"
+        elif exc.context:
+            where = exc.context_mark
+            start = (
+                f" that starts at line {where.line + 1}, column {where.column + 1}"
+                if where is not None
+                and (mark is None or (where.line, where.column) != (mark.line, mark.column))
+                else ""
+            )
+            context = f" ({exc.context}{start})"
+        # a block that starts where none may: almost always a line indented wrongly
+        block_start = ("'<block mapping start>'", "'<block sequence start>'")
+        hint = "; check the indentation" if problem.endswith(block_start) else ""
+        errors.error(_mark(filename, mark), f"YAML syntax error: {problem}{context}{hint}")
         return None
     except yaml.YAMLError as exc:
         errors.error(Mark(filename), f"YAML error: {exc}")
         return None
     if tree is None:
         return Node(None, Mark(filename))
-    return _Builder(filename, errors).build(tree)
+    try:
+        return _Builder(filename, errors).build(tree)
+    except _TooManyValues:
+        errors.error(
+            Mark(filename),
+            f"file has more than {MAX_VALUES} values (counting each use of an alias)",
+        )
+    except RecursionError:
+        errors.error(Mark(filename), "file is nested too deeply")
+    return None
 
 
 class Reader:

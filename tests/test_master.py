@@ -118,6 +118,6 @@ def test_broken_configuration_becomes_buildbot_config_errors(basedir, tmp_path):
     with pytest.raises(ConfigErrors) as exc:
         gmaster.buildmaster_config(str(basedir), str(conf))
     assert exc.value.errors == [
-        "conf/pipelines/passing.yaml:4:21: job 'aa' runs on architecture 's390x', but no worker "
+        f"{conf}/pipelines/passing.yaml:4:21: job 'aa' runs on architecture 's390x', but no worker "
         "pool has that architecture (pools: x86_64, aarch64)"
     ]

@@ -1,0 +1,296 @@
+"""Tests of gating.cli: `gating check` and `gating plan`, run as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gating.cli import main, parser
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LAUNCHPAD = sorted(p.parent.name for p in (FIXTURES / "launchpad").glob("*/.launchpad.yaml"))
+BROKEN = sorted(p.name for p in (FIXTURES / "broken").glob("*.yaml"))
+
+SEED_001_STAGES = {
+    "x86_64": [[["build-snap", 0]], [["test-snap", 0], ["test-snap", 1], ["test-snap", 2]]],
+    "aarch64": [[["build-snap", 0]], [["test-snap", 1], ["test-snap", 2]]],
+}
+
+
+@pytest.fixture
+def in_fixtures(monkeypatch):
+    """Run from tests/fixtures, so paths print as a user in that folder would see them."""
+    monkeypatch.chdir(FIXTURES)
+
+
+def expected_messages() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (FIXTURES / "broken" / "EXPECTED").read_text().splitlines():
+        if line and not line.startswith("#"):
+            out.setdefault(line.split(":", 1)[0], []).append(line)
+    return out
+
+
+def assert_json_shape(data):
+    """The shape README documents for `gating plan --json`."""
+    assert set(data) == {"pipelines", "builders"}
+    for p in data["pipelines"]:
+        assert {"name", "file", "stages"} <= set(p)
+        for lane, stages in p["stages"].items():
+            assert isinstance(lane, str)
+            for stage in stages:
+                assert all(isinstance(j, str) and isinstance(i, int) for j, i in stage)
+    for b in data["builders"]:
+        assert {"name", "arch", "workernames"} <= set(b)
+        assert isinstance(b["workernames"], list)
+
+
+# -- gating plan ------------------------------------------------------------------
+
+
+def test_plan_json_of_seed_001_gives_exactly_launchpads_stages(in_fixtures, capsys):
+    assert main(["plan", "seed001.yaml", "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    data = json.loads(out.out)
+    assert_json_shape(data)
+    (p,) = data["pipelines"]
+    assert (p["name"], p["file"]) == ("seed001", "seed001.yaml")
+    assert p["stages"] == SEED_001_STAGES
+    assert [(b["name"], b["arch"], b["workernames"]) for b in data["builders"]] == [
+        ("seed001", None, ["gating-coordinator"]),
+        ("seed001/build-snap/x86_64", "x86_64", []),
+        ("seed001/build-snap/aarch64", "aarch64", []),
+        ("seed001/test-snap#0/x86_64", "x86_64", []),
+        ("seed001/test-snap#1/x86_64", "x86_64", []),
+        ("seed001/test-snap#1/aarch64", "aarch64", []),
+        ("seed001/test-snap#2/x86_64", "x86_64", []),
+        ("seed001/test-snap#2/aarch64", "aarch64", []),
+    ]
+
+
+def test_installed_gating_command_prints_the_same_plan_json(in_fixtures):
+    gating = Path(sys.executable).parent / "gating"
+    assert gating.exists(), f"the gating console script is not installed next to {sys.executable}"
+    result = subprocess.run(
+        [str(gating), "plan", "seed001.yaml", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert_json_shape(data)
+    assert data["pipelines"][0]["stages"] == SEED_001_STAGES
+
+
+def test_plan_json_of_a_site_pins_builders_to_worker_pools(in_fixtures, capsys):
+    assert main(["plan", "sites/multiarch", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert_json_shape(data)
+    assert [(p["name"], p["file"], p["triggers"]) for p in data["pipelines"]] == [
+        ("nightly", "sites/multiarch/pipelines/nightly.yml", ["nightly"]),
+        ("rdo", "sites/multiarch/pipelines/rdo.yaml", ["gate"]),
+    ]
+    workers = {b["name"]: b["workernames"] for b in data["builders"]}
+    assert workers["rdo/rpmlint#1/x86_64"] == ["x86-el10"]
+    assert workers["rdo/rpmlint#1/aarch64"] == ["arm-any"]
+    assert workers["rdo/build/x86_64"] == ["x86-el9"]
+
+
+def test_plan_text_shows_stages_per_lane_and_the_builder_table(in_fixtures, capsys):
+    assert main(["plan", "seed001.yaml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "pipeline seed001 (seed001.yaml; triggers: manual)",
+        "  x86_64   [build-snap[0]] -> [test-snap[0], test-snap[1], test-snap[2]]",
+        "  aarch64  [build-snap[0]] -> [test-snap[1], test-snap[2]]",
+    ]
+    assert lines[3] == ""
+    assert lines[4].split() == ["builder", "arch", "workers"]
+    assert lines[5].split() == ["seed001", "-", "gating-coordinator"]
+    assert lines[6].split() == ["seed001/build-snap/x86_64", "x86_64", "-"]
+    assert lines[-1].split() == ["seed001/test-snap#2/aarch64", "aarch64", "-"]
+
+
+def test_plan_text_names_the_triggers(in_fixtures, capsys):
+    assert main(["plan", "sites/multiarch"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline rdo (sites/multiarch/pipelines/rdo.yaml; triggers: gate)\n" in out
+    assert "  aarch64  [packstack[0], rpmlint[1]]\n" in out
+
+
+def test_plan_of_a_broken_file_prints_the_errors_and_fails(in_fixtures, capsys):
+    assert main(["plan", "broken/missing_job.yaml", "--json"]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == expected_messages()["broken/missing_job.yaml"] + [
+        "1 error found"
+    ]
+
+
+# -- gating check ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("project", LAUNCHPAD)
+def test_real_world_launchpad_yaml_passes_check(project, in_fixtures, capsys):
+    assert main(["check", f"launchpad/{project}/.launchpad.yaml"]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert out.out.startswith("OK: 1 pipeline(s), ")
+
+
+def test_there_are_at_least_six_launchpad_yaml_fixtures():
+    assert len(LAUNCHPAD) >= 6
+
+
+def test_check_of_a_valid_site_says_what_it_found(in_fixtures, capsys):
+    assert main(["check", "sites/multiarch"]) == 0
+    assert capsys.readouterr().out == "OK: 2 pipeline(s), 7 job builder(s)\n"
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_check_of_a_broken_file_prints_exactly_the_expected_errors(name, in_fixtures, capsys):
+    expected = expected_messages()[f"broken/{name}"]
+    assert main(["check", f"broken/{name}"]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    count = f"{len(expected)} error{'s' if len(expected) != 1 else ''} found"
+    assert out.err.splitlines() == expected + [count]
+
+
+def test_every_broken_file_has_expected_messages():
+    assert sorted(expected_messages()) == [f"broken/{n}" for n in BROKEN]
+
+
+def test_check_reports_all_errors_of_a_file_at_once_sorted_by_line(in_fixtures, capsys):
+    assert main(["check", "broken/many_errors.yaml"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "broken/many_errors.yaml:1:36: unknown key 'minutes' in trigger 'nightly'; "
+        "did you mean 'minute'?",
+        "broken/many_errors.yaml:5:5: stage 3 names job 'publish', which is not defined in "
+        "'jobs'; did you mean 'Publish'?",
+        "broken/many_errors.yaml:8:29: job 'build': unknown architecture 'ppc64'; "
+        "did you mean 'ppc64le'?",
+        "broken/many_errors.yaml:9:14: job 'build' 'timeout' (seconds): expected an integer of "
+        "at least 1, got 0",
+        "broken/many_errors.yaml:11:15: job 'build' output path '../secrets/*': must be relative "
+        "to the build tree and must not contain '..'",
+        "broken/many_errors.yaml:13:5: job 'test': missing required key 'architectures'",
+        "broken/many_errors.yaml:14:48: job 'test' input 'target-directory': must be relative "
+        "to the build tree and must not contain '..'",
+        "broken/many_errors.yaml:19:5: duplicate key 'run' (first defined at line 18, column 5)",
+        "broken/many_errors.yaml:20:3: job name 'Publish' must be at least two characters: "
+        "lower-case ASCII letters, digits, '+', '.', '_' or '-', starting with a letter or digit",
+        "9 errors found",
+    ]
+    numbers = [int(line.split(":")[1]) for line in lines[:-1]]
+    assert numbers == sorted(numbers)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "bad_indent.yaml",
+            "broken/bad_indent.yaml:6:4: YAML syntax error: expected <block end>, but found "
+            "'<block mapping start>' (while parsing a block mapping that starts at line 4, "
+            "column 3); check the indentation",
+        ),
+        (
+            "wrong_types.yaml",
+            "broken/wrong_types.yaml:6:20: job 'build' 'architectures': expected a string or a "
+            "list of strings, got a mapping",
+        ),
+        (
+            "wrong_types.yaml",
+            "broken/wrong_types.yaml:11:7: job 'build' 'run': expected a string, got a list",
+        ),
+        (
+            "wrong_types.yaml",
+            "broken/wrong_types.yaml:5:13: job 'build' 'series': expected a string, "
+            "got an integer (9)",
+        ),
+        (
+            "unknown_key.yaml",
+            "broken/unknown_key.yaml:6:5: unknown key 'enviroment' in job 'build'; "
+            "did you mean 'environment'?",
+        ),
+        (
+            "duplicate_key.yaml",
+            "broken/duplicate_key.yaml:7:3: duplicate key 'build' (first defined at line 4, "
+            "column 3)",
+        ),
+        (
+            "missing_job.yaml",
+            "broken/missing_job.yaml:3:12: stage 2 names job 'rpmlnt', which is not defined in "
+            "'jobs'; did you mean 'rpmlint'?",
+        ),
+        (
+            "input_later_stage.yaml",
+            "broken/input_later_stage.yaml:8:17: job 'test' input names job 'build', which must "
+            "run in an earlier stage",
+        ),
+        (
+            "matrix_not_list.yaml",
+            "broken/matrix_not_list.yaml:6:7: job 'test' 'matrix': expected a non-empty list of "
+            "mappings, got a mapping",
+        ),
+        (
+            "unknown_arch.yaml",
+            "broken/unknown_arch.yaml:5:21: job 'build': unknown architecture 'x86-64'; "
+            "did you mean 'x86_64'?",
+        ),
+        (
+            "unknown_trigger.yaml",
+            "broken/unknown_trigger.yaml:1:10: unknown trigger 'gating'; did you mean 'gate'? "
+            "(known: check, compose, dist_git_commit, gate, koji_build, koji_tag, nightly)",
+        ),
+        (
+            "empty.yaml",
+            "broken/empty.yaml:1:1: empty pipeline file: expected a mapping with 'pipeline' "
+            "and 'jobs'",
+        ),
+    ],
+)
+def test_check_names_each_kind_of_mistake_where_it_is(name, expected, in_fixtures, capsys):
+    assert main(["check", f"broken/{name}"]) == 1
+    assert expected in capsys.readouterr().err.splitlines()
+
+
+def test_check_of_a_site_with_a_job_on_an_arch_without_a_pool(in_fixtures, capsys):
+    assert main(["check", "sites/nopool"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "sites/nopool/pipelines/packstack.yaml:13:47: job 'packstack' (matrix entry 1) runs on "
+        "architecture 'aarch64', but no worker pool has that architecture (pools: x86_64)",
+        "1 error found",
+    ]
+
+
+def test_check_of_a_missing_path(in_fixtures, capsys):
+    assert main(["check", "no/such/place"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "no/such/place:1:1: no such configuration directory or pipeline file",
+        "1 error found",
+    ]
+
+
+def test_command_is_required(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "gating" in capsys.readouterr().err
+
+
+def test_parser_knows_check_plan_and_demo():
+    ap = parser()
+    assert ap.parse_args(["check", "x"]).path == "x"
+    args = ap.parse_args(["plan", "x", "--json"])
+    assert (args.path, args.json) == ("x", True)
+    assert ap.parse_args(["demo"]).basedir == ".gating-demo"

@@ -1,0 +1,301 @@
+"""Tests of gating.site: the configuration directory (gating.yaml, workers, pipelines)."""
+
+import contextlib
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gating.diagnostics import Collector, ConfigError
+from gating.site import Project, Site, load_config, parse_site, pipeline_files
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SITES = FIXTURES / "sites"
+
+
+def parse(text: str):
+    errors = Collector()
+    site = parse_site(textwrap.dedent(text), "gating.yaml", "/etc/gating", errors)
+    return site, ConfigError(errors.diagnostics).messages
+
+
+def config_errors(path) -> list[str]:
+    """Errors of loading ``path`` from its parent, so messages start with its name."""
+    path = Path(path)
+    with contextlib.chdir(path.parent), pytest.raises(ConfigError) as exc:
+        load_config(path.name)
+    return exc.value.messages
+
+
+@pytest.fixture
+def site_copy(tmp_path):
+    """A writable copy of the multiarch site, as tmp_path/site."""
+    dest = tmp_path / "site"
+    shutil.copytree(SITES / "multiarch", dest)
+    return dest
+
+
+# -- gating.yaml ------------------------------------------------------------------
+
+
+def test_empty_site_file_gives_the_defaults():
+    site, errors = parse("# nothing set\n")
+    assert errors == []
+    assert site == Site(config_dir="/etc/gating")
+    assert (site.www_port, site.pb_port, site.workers, site.pipelines) == (
+        8010,
+        9989,
+        ("workers.yaml",),
+        "pipelines",
+    )
+
+
+def test_every_site_key_is_read():
+    site, errors = parse(
+        """\
+        title: RDO gate
+        title-url: https://www.rdoproject.org/
+        buildbot-url: https://gate.example.org/
+        www-port: tcp:8010:interface=127.0.0.1
+        www-interface: 0.0.0.0
+        pb-port: 19989
+        poll-interval: 300
+        database: postgresql://bb@db/bb
+        secrets-dir: /var/lib/buildbot/secrets
+        workers: [x86.yaml, arm.yaml]
+        pipelines: ci
+        projects:
+          - name: nova-distgit
+            repository: https://example.org/nova-distgit.git
+            branches: rdo-liberty
+            queue: rdo
+        """
+    )
+    assert errors == []
+    assert site == Site(
+        config_dir="/etc/gating",
+        title="RDO gate",
+        title_url="https://www.rdoproject.org/",
+        buildbot_url="https://gate.example.org/",
+        www_port="tcp:8010:interface=127.0.0.1",
+        www_interface="0.0.0.0",
+        pb_port=19989,
+        poll_interval=300,
+        database="postgresql://bb@db/bb",
+        secrets_dir="/var/lib/buildbot/secrets",
+        workers=("x86.yaml", "arm.yaml"),
+        pipelines="ci",
+        projects=(
+            Project(
+                "nova-distgit", "https://example.org/nova-distgit.git", ("rdo-liberty",), "rdo"
+            ),
+        ),
+    )
+    assert site.project("nova-distgit").queue == "rdo"
+    assert site.project("glance-distgit") is None
+
+
+def test_project_branches_default_to_main():
+    site, _ = parse("projects:\n  - {name: nova, repository: ../nova}\n")
+    assert site.projects == (Project("nova", "../nova", ("main",), None),)
+
+
+def test_bad_site_values_are_all_reported():
+    _, errors = parse(
+        """\
+        title: [RDO]
+        www-port: 70000
+        pb-port: "9989"
+        poll-interval: 0
+        workres: w.yaml
+        projects:
+          - {name: Nova, repository: x}
+          - {name: glance}
+          - {name: cinder, repository: y, branches: 7}
+          - {name: cinder, repository: z}
+        """
+    )
+    assert errors == [
+        "gating.yaml:1:8: 'title': expected a string, got a list",
+        "gating.yaml:2:11: 'www-port': expected a port number (1-65535) or a Twisted endpoint "
+        "such as 'tcp:8010:interface=127.0.0.1', got an integer (70000)",
+        "gating.yaml:3:10: 'pb-port': expected a port number (1-65535) or a Twisted endpoint "
+        "such as 'tcp:8010:interface=127.0.0.1', got a string",
+        "gating.yaml:4:16: 'poll-interval' (seconds): expected an integer of at least 1, got 0",
+        "gating.yaml:5:1: unknown key 'workres' in the site configuration; did you mean 'workers'?",
+        "gating.yaml:7:12: project name 'Nova' must be at least two characters: lower-case ASCII "
+        "letters, digits, '+', '.', '_' or '-', starting with a letter or digit",
+        "gating.yaml:8:5: project: missing required key 'repository'",
+        "gating.yaml:9:45: project 'cinder' 'branches': expected a string or a list of strings, "
+        "got an integer (7)",
+        "gating.yaml:10:5: project 'cinder' is defined twice",
+    ]
+
+
+def test_projects_must_be_a_list():
+    _, errors = parse("projects: {nova: x}\n")
+    assert errors == ["gating.yaml:1:11: 'projects': expected a list of projects, got a mapping"]
+
+
+def test_site_file_that_is_not_a_mapping_is_an_error():
+    _, errors = parse("- title\n")
+    assert errors == ["gating.yaml:1:1: the site configuration: expected a mapping, got a list"]
+
+
+# -- load_config: directories -------------------------------------------------------
+
+
+def test_multiarch_site_loads_site_workers_pipelines_and_plan():
+    config = load_config(SITES / "multiarch")
+    assert config.site.title == "RDO gate"
+    assert config.site.www_port == "tcp:8010:interface=127.0.0.1"
+    assert [p.name for p in config.site.projects] == ["nova-distgit", "glance-distgit"]
+    assert config.site.project("glance-distgit").branches == ("main",)
+    assert [(w.name, w.arch, w.series) for w in config.workers] == [
+        ("x86-el9", "x86_64", ("el9",)),
+        ("x86-el10", "x86_64", ("el10",)),
+        ("arm-any", "aarch64", ()),
+    ]
+    assert config.workers[2].password_secret == "arm-worker-password"
+    assert [(p.name, p.file, [t.kind for t in p.triggers]) for p in config.pipelines] == [
+        ("nightly", f"{SITES}/multiarch/pipelines/nightly.yml", ["nightly"]),
+        ("rdo", f"{SITES}/multiarch/pipelines/rdo.yaml", ["gate"]),
+    ]
+    assert config.plan.pipelines == config.pipelines
+
+
+def test_multiarch_site_stages_per_arch():
+    rdo = load_config(SITES / "multiarch").pipelines[1]
+    assert rdo.stages_for("x86_64") == [
+        [("build", 0)],
+        [("packstack", 0), ("rpmlint", 0), ("rpmlint", 1)],
+    ]
+    assert rdo.stages_for("aarch64") == [[("packstack", 0), ("rpmlint", 1)]]
+
+
+def test_job_on_an_arch_with_no_pool_names_job_and_arch_at_the_arch_entry():
+    assert config_errors(SITES / "nopool") == [
+        "nopool/pipelines/packstack.yaml:13:47: job 'packstack' (matrix entry 1) runs on "
+        "architecture 'aarch64', but no worker pool has that architecture (pools: x86_64)"
+    ]
+
+
+def test_job_with_packages_on_a_worker_without_package_install_is_an_error(site_copy):
+    workers = site_copy / "workers.yaml"
+    workers.write_text(
+        workers.read_text().replace(
+            "    package-install: [sudo, dnf, install, -y]\n    host: x86-el9.example.org\n", ""
+        )
+    )
+    assert config_errors(site_copy) == [
+        "site/pipelines/rdo.yaml:7:5: job 'build' installs packages, but x86_64 worker(s) "
+        "x86-el9 have no 'package-install' command in the inventory",
+        "site/pipelines/rdo.yaml:21:9: job 'rpmlint' (matrix entry 0) installs packages, but "
+        "x86_64 worker(s) x86-el9 have no 'package-install' command in the inventory",
+    ]
+
+
+def test_messages_name_files_by_the_path_as_given(site_copy, monkeypatch):
+    monkeypatch.chdir(site_copy)
+    config = load_config(".")
+    assert [p.file for p in config.pipelines] == ["pipelines/nightly.yml", "pipelines/rdo.yaml"]
+
+
+def test_errors_of_every_file_are_reported_at_once(site_copy):
+    (site_copy / "gating.yaml").write_text("title: x\npoll-interval: soon\n")
+    (site_copy / "workers.yaml").write_text("workers:\n  - {name: w1, arch: vax}\n")
+    (site_copy / "pipelines" / "broken.yaml").write_text("pipeline: [a1]\njobs: {}\n")
+    assert config_errors(site_copy) == [
+        "site/gating.yaml:2:16: 'poll-interval' (seconds): expected an integer, got a string",
+        "site/pipelines/broken.yaml:1:12: stage 1 names job 'a1', which is not defined in 'jobs'",
+        "site/pipelines/nightly.yml:7:20: job 'smoke' runs on architecture 'aarch64', but no "
+        "worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:7:21: job 'build' runs on architecture 'x86_64', but no "
+        "worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:14:21: job 'packstack' runs on architecture 'x86_64', but no "
+        "worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:14:29: job 'packstack' runs on architecture 'aarch64', but no "
+        "worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:21:39: job 'rpmlint' (matrix entry 0) runs on architecture "
+        "'x86_64', but no worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:22:40: job 'rpmlint' (matrix entry 1) runs on architecture "
+        "'x86_64', but no worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:22:48: job 'rpmlint' (matrix entry 1) runs on architecture "
+        "'aarch64', but no worker pool has that architecture (pools: none)",
+        "site/workers.yaml:2:22: worker 'w1': unknown architecture 'vax'",
+    ]
+
+
+def test_workers_from_several_inventory_files_are_merged(site_copy):
+    (site_copy / "gating.yaml").write_text("workers: [workers.yaml, more.yaml]\n")
+    (site_copy / "more.yaml").write_text("workers:\n  - {name: s390-1, arch: s390x}\n")
+    config = load_config(site_copy)
+    assert [w.name for w in config.workers] == ["x86-el9", "x86-el10", "arm-any", "s390-1"]
+
+
+def test_worker_defined_in_two_inventory_files_is_an_error(site_copy):
+    (site_copy / "gating.yaml").write_text("workers: [workers.yaml, more.yaml]\n")
+    (site_copy / "more.yaml").write_text("workers:\n  - {name: arm-any, arch: aarch64}\n")
+    assert config_errors(site_copy) == [
+        "site/more.yaml:2:5: worker 'arm-any' is also defined at site/workers.yaml:14:5"
+    ]
+
+
+def test_missing_inventory_file_is_an_error(site_copy):
+    (site_copy / "workers.yaml").unlink()
+    errors = config_errors(site_copy)
+    assert (
+        errors[-1]
+        == "site/workers.yaml:1:1: cannot read the worker inventory: No such file or directory"
+    )
+
+
+def test_two_files_for_one_pipeline_name_is_an_error(site_copy):
+    shutil.copy(site_copy / "pipelines" / "nightly.yml", site_copy / "pipelines" / "nightly.yaml")
+    assert config_errors(site_copy) == [
+        "site/pipelines/nightly.yml:1:1: pipeline 'nightly' is also defined in "
+        "site/pipelines/nightly.yaml"
+    ]
+
+
+def test_missing_site_file_and_pipelines_folder_are_errors(tmp_path):
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "workers.yaml").write_text("workers: []\n")
+    assert config_errors(tmp_path / "bare") == [
+        "bare/gating.yaml:1:1: missing site configuration gating.yaml",
+        "bare/gating.yaml:1:1: pipelines folder 'pipelines' does not exist",
+    ]
+
+
+def test_missing_path_is_an_error(tmp_path):
+    assert config_errors(tmp_path / "nowhere") == [
+        "nowhere:1:1: no such configuration directory or pipeline file"
+    ]
+
+
+def test_pipeline_files_are_yaml_files_in_name_order(tmp_path):
+    for name in ("b.yaml", "a.yml", "c.txt", "README", ".launchpad.yaml"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "sub.yaml").mkdir()
+    assert [p.name for p in pipeline_files(tmp_path)] == [".launchpad.yaml", "a.yml", "b.yaml"]
+
+
+# -- load_config: one pipeline file --------------------------------------------------
+
+
+def test_single_pipeline_file_loads_without_a_site_or_pools():
+    config = load_config(FIXTURES / "seed001.yaml")
+    assert config.site is None and config.inventory is None and config.workers == ()
+    assert [p.name for p in config.pipelines] == ["seed001"]
+    assert all(b.workernames == () for b in config.plan.builders if b.kind == "job")
+
+
+def test_single_pipeline_file_errors_use_the_path_as_given(monkeypatch):
+    monkeypatch.chdir(FIXTURES)
+    with pytest.raises(ConfigError) as exc:
+        load_config("broken/missing_job.yaml")
+    assert exc.value.messages == [
+        "broken/missing_job.yaml:3:12: stage 2 names job 'rpmlnt', which is not defined in "
+        "'jobs'; did you mean 'rpmlint'?"
+    ]
