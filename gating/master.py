@@ -291,17 +291,28 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
             }
             factory = BuildFactory([RunPipeline(pipeline, table)])
             tags = ["pipeline", pipeline.name]
+            description = (
+                f"pipeline {pipeline.name} ({pipeline.file}): runs its jobs stage by stage"
+            )
         else:
             assert spec.arch is not None and spec.job is not None and spec.index is not None
             job = pipeline.job(spec.job, spec.index)
             factory = job_factory(pipeline, job, spec.arch, inventory)
             tags = ["job", pipeline.name, spec.arch]
+            stage = pipeline.stage_of(job.name) + 1
+            matrix = f", matrix entry {job.index}" if len(pipeline.entries(job.name)) > 1 else ""
+            series = f", series {job.series}" if job.series else ""
+            description = (
+                f"job {job.name} of pipeline {pipeline.name}: stage {stage}, "
+                f"{spec.arch}{series}{matrix}"
+            )
         builders.append(
             util.BuilderConfig(
                 name=spec.name,
                 workernames=list(spec.workernames),
                 factory=factory,
                 tags=tags,
+                description=description,
                 builddir=spec.name.replace("/", "_"),
                 workerbuilddir=spec.name.replace("/", "_"),
                 properties={"gating_pipeline": pipeline.name},

@@ -43,6 +43,8 @@ def test_demo_config_is_accepted_by_buildbot(basedir):
         "sample/lint/aarch64",
         "sample/test/aarch64",
     ]
+    descriptions = {b.name: b.description for b in loaded.builders}
+    assert descriptions["sample/test/aarch64"] == "job test of pipeline sample: stage 2, aarch64"
     workers = {b.name: b.workernames for b in loaded.builders}
     assert workers["sample"] == ["gating-coordinator"]
     assert workers["sample/test/aarch64"] == ["local-aarch64"]
