@@ -67,7 +67,9 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
         target = job.input.target_directory
         f.addStep(
             steps.ShellCommand(
-                name=f"prepare input {target}",
+                name="prepare-input",
+                description=f"prepare {target}",
+                descriptionDone=f"prepared {target}",
                 command=["mkdir", "-p", "--", target],
                 haltOnFailure=True,
             )
@@ -75,7 +77,9 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
         for producer in pipeline.producers(inst):
             f.addStep(
                 steps.FileDownload(
-                    name=f"fetch output of {producer}",
+                    name="fetch-input",
+                    description=f"fetch output of {producer}",
+                    descriptionDone=f"fetched output of {producer}",
                     mastersrc=_artifact(pipeline.name, producer.job, producer.index, producer.lane),
                     workerdest=commands.INPUT_TARBALL,
                     haltOnFailure=True,
@@ -83,7 +87,9 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
             )
             f.addStep(
                 steps.ShellCommand(
-                    name=f"unpack output of {producer}",
+                    name="unpack-input",
+                    description=f"unpack output of {producer}",
+                    descriptionDone=f"unpacked output of {producer}",
                     command=commands.unpack_input_command(target),
                     haltOnFailure=True,
                 )
@@ -97,11 +103,13 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
                 installers[props.getProperty("workername")], job.packages
             )
 
-        f.addStep(steps.ShellCommand(name="install packages", command=install, haltOnFailure=True))
+        f.addStep(steps.ShellCommand(name="install-packages", command=install, haltOnFailure=True))
     for snap in job.snaps:
         f.addStep(
             steps.ShellCommand(
-                name=f"install snap {snap.name}",
+                name="install-snap",
+                description=f"install snap {snap.name}",
+                descriptionDone=f"installed snap {snap.name}",
                 command=commands.snap_command(snap),
                 haltOnFailure=True,
             )
@@ -126,7 +134,7 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
     if job.output is not None:
         f.addStep(
             steps.ShellCommand(
-                name="collect output",
+                name="collect-output",
                 command=commands.collect_output_command(job.output.paths),
                 haltOnFailure=True,
             )
@@ -134,19 +142,19 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
         f.addStep(
             steps.StringDownload(
                 json.dumps(dict(job.output.properties), sort_keys=True) + "\n",
-                name="output properties",
+                name="output-properties",
                 workerdest=f"{commands.OUTPUT_STAGING}/properties",
                 haltOnFailure=True,
             )
         )
         f.addStep(
             steps.ShellCommand(
-                name="pack output", command=commands.pack_output_command(), haltOnFailure=True
+                name="pack-output", command=commands.pack_output_command(), haltOnFailure=True
             )
         )
         f.addStep(
             steps.FileUpload(
-                name="upload output",
+                name="upload-output",
                 workersrc=commands.OUTPUT_TARBALL,
                 masterdest=_artifact(pipeline.name, job.name, job.index, lane),
                 haltOnFailure=True,

@@ -231,9 +231,7 @@ def load_config(path: str | Path) -> GatingConfig:
     folder = path / site.pipelines
     pipelines = []
     if not folder.is_dir():
-        errors.error(
-            Mark(str(site_path)), f"pipelines folder '{site.pipelines}' does not exist"
-        )
+        errors.error(Mark(str(site_path)), f"pipelines folder '{site.pipelines}' does not exist")
     else:
         for file in pipeline_files(folder):
             try:

@@ -52,6 +52,10 @@ class JobTrigger(Triggerable):
         @ids.addCallback
         def wait(value: tuple[int, dict[int, int]]) -> tuple[int, dict[int, int]]:
             bsid, brids = value
+            if not brids:
+                # No such builder (e.g. removed by a reconfig): nothing would ever finish.
+                done.errback(RuntimeError(f"no builder named {builder_name!r} to run on"))
+                return value
             self._waiters[bsid] = (done, brids)
             self._updateWaiters()
             return value
@@ -62,7 +66,7 @@ class JobTrigger(Triggerable):
 class RunPipeline(buildstep.BuildStep):
     """Runs every job instance of one pipeline run, as lpci's stages and inputs allow."""
 
-    name = "run pipeline"
+    name = "run-pipeline"
     renderables = ()
 
     def __init__(self, pipeline: Pipeline, builders: dict[InstanceId, str], **kwargs: Any) -> None:

@@ -74,13 +74,14 @@ def test_job_steps_are_pinned(basedir):
     test = builders["sample/test/aarch64"].factory
     assert step_names(test) == [
         "checkout",
-        "prepare input built",
-        "fetch output of build[0]@x86_64",
-        "unpack output of build[0]@x86_64",
+        "prepare-input",
+        "fetch-input",
+        "unpack-input",
         "run",
     ]
-    assert step(test, "prepare input built").kwargs["command"] == ["mkdir", "-p", "--", "built"]
-    assert step(test, "unpack output of build[0]@x86_64").kwargs["command"] == [
+    assert step(test, "fetch-input").kwargs["description"] == "fetch output of build[0]@x86_64"
+    assert step(test, "prepare-input").kwargs["command"] == ["mkdir", "-p", "--", "built"]
+    assert step(test, "unpack-input").kwargs["command"] == [
         "tar",
         "-xf",
         ".gating-input.tar",
@@ -94,12 +95,12 @@ def test_job_steps_are_pinned(basedir):
     assert step_names(build) == [
         "checkout",
         "run",
-        "collect output",
-        "output properties",
-        "pack output",
-        "upload output",
+        "collect-output",
+        "output-properties",
+        "pack-output",
+        "upload-output",
     ]
-    collect = step(build, "collect output").kwargs["command"]
+    collect = step(build, "collect-output").kwargs["command"]
     assert collect[-2:] == [".gating-output", "rpmbuild/RPMS/*/*.rpm"]
 
 
