@@ -21,7 +21,7 @@ from gating.diagnostics import ConfigError
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 from gating.plan import COORDINATOR_WORKER, builder_name, sorted_builders
-from gating.site import GatingConfig, Project, Site, load_config
+from gating.site import GatingConfig, Project, Site, load_config, repository_url
 from gating.steps import JobTrigger, RunPipeline, trigger_scheduler_name
 
 CONFIG_ENV = "GATING_CONFIG"
@@ -214,7 +214,12 @@ def _schedulers(config: GatingConfig) -> list[Any]:
                 continue
             for project in _pipeline_projects(p, site, "nightly") or [None]:
                 codebases = (
-                    {"": {"repository": project.repository, "branch": project.branches[0]}}
+                    {
+                        "": {
+                            "repository": repository_url(project, site),
+                            "branch": project.branches[0],
+                        }
+                    }
                     if project
                     else {"": {"repository": "", "branch": None}}
                 )
@@ -238,10 +243,7 @@ def _change_sources(site: Site, config: GatingConfig, basedir: Path) -> list[Any
     }
     out = []
     for project in watched.values():
-        repo = project.repository
-        if "://" not in repo and not repo.startswith("git@"):
-            repo = str((Path(site.config_dir) / repo).resolve())
-        out.append(_git_poller(repo, project, site, basedir))
+        out.append(_git_poller(repository_url(project, site), project, site, basedir))
     return out
 
 

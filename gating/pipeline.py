@@ -458,9 +458,36 @@ class _PipelineParser:
             if opts is not None and opts.value is not None:
                 checked = self.r.mapping(opts, f"trigger '{kind}'", TRIGGER_OPTIONS[kind])
                 if checked is not None:
-                    options = tuple((k, v.plain()) for k, v in checked.items())
+                    options = tuple(
+                        (k, value)
+                        for k, v in checked.items()
+                        if (value := self.trigger_option(kind, k, v)) is not None
+                    )
             out.append(Trigger(kind, options, mark))
         return tuple(out)
+
+    def trigger_option(self, kind: str, key: str, node: Node) -> Any:
+        """A trigger option's value: strings (or lists of them); hour/minute as cron ints."""
+        what = f"trigger '{kind}' '{key}'"
+        if key in ("hour", "minute"):
+            top = 23 if key == "hour" else 59
+            items = node.value if node.is_seq else [node]
+            values = []
+            for item in items:
+                v = item.value
+                if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top:
+                    values.append(v)
+                else:
+                    self.r.fail(
+                        item, f"{what}: expected an integer from 0 to {top}, got {describe(item)}"
+                    )
+                    return None
+            return values if node.is_seq else values[0]
+        entries = self.r.string_list(node, what, allow_single=True)
+        if entries is None:
+            return None
+        values = [s for s, _ in entries]
+        return values if node.is_seq else values[0]
 
     def license(self, node: Node) -> None:
         fields = self.r.mapping(node, "'license'", LICENSE_KEYS)

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark
+from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark, did_you_mean
 from gating.inventory import Inventory, Worker, load_inventory
 from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, Pipeline, load_pipeline_file
 from gating.plan import Plan, make_plan
@@ -243,6 +243,31 @@ def load_config(path: str | Path) -> GatingConfig:
         if p.name in seen:
             errors.error(p.mark, f"pipeline '{p.name}' is also defined in {seen[p.name].file}")
         seen.setdefault(p.name, p)
+    _check_trigger_projects(list(seen.values()), site, errors)
     plan = make_plan(list(seen.values()), inventory, errors)
     errors.check()
     return GatingConfig(site, inventory, tuple(seen.values()), plan)
+
+
+def _check_trigger_projects(pipelines: list[Pipeline], site: Site, errors: Collector) -> None:
+    known = [p.name for p in site.projects]
+    for pipeline in pipelines:
+        for trigger in pipeline.triggers:
+            names = trigger.option("projects")
+            for name in [names] if isinstance(names, str) else names or []:
+                if name not in known:
+                    errors.error(
+                        trigger.mark,
+                        f"trigger '{trigger.kind}' names project '{name}', which is not in "
+                        f"the site's projects{did_you_mean(name, known)} "
+                        f"(projects: {', '.join(known) or 'none'})",
+                    )
+
+
+def repository_url(project: Project, site: Site) -> str:
+    """A project's repository as git reaches it: a relative path is taken from the
+    configuration directory."""
+    repo = project.repository
+    if "://" in repo or repo.startswith("git@") or Path(repo).is_absolute():
+        return repo
+    return str((Path(site.config_dir) / repo).resolve())

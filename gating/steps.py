@@ -77,6 +77,7 @@ class RunPipeline(buildstep.BuildStep):
         # (bsid, {builderid: brid}) of each triggered instance, once known
         self._pending: dict[InstanceId, Any] = {}
         self._stopping: str | None = None
+        self._logs: dict[str, Any] = {}
 
     def _sourcestamps(self) -> list[dict[str, Any]]:
         out = []
@@ -168,8 +169,6 @@ class RunPipeline(buildstep.BuildStep):
 
     @defer.inlineCallbacks
     def _log(self, name: str, line: str) -> Any:
-        if not hasattr(self, "_logs"):
-            self._logs: dict[str, Any] = {}
         if name not in self._logs:
             self._logs[name] = yield self.addLog(name)
         yield self._logs[name].addStdout(line + "\n")

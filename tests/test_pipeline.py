@@ -520,6 +520,25 @@ def test_trigger_list_entries_may_carry_options():
     ]
 
 
+def test_trigger_options_are_typed():
+    p = ok(
+        "trigger:\n  nightly: {hour: [1, 13], minute: 5, projects: nova}\n"
+        "pipeline: [a1]\njobs:\n  a1: {architectures: amd64}\n"
+    )
+    assert p.triggers[0].options == (("hour", [1, 13]), ("minute", 5), ("projects", "nova"))
+    assert errors_of(
+        "trigger:\n  nightly: {hour: '3', minute: 60}\n"
+        "  koji_build: {package: [nova, 7]}\n"
+        "pipeline: [a1]\njobs:\n  a1: {architectures: amd64}\n"
+    ) == [
+        "p1.yaml:2:19: trigger 'nightly' 'hour': expected an integer from 0 to 23, got a string",
+        "p1.yaml:2:32: trigger 'nightly' 'minute': expected an integer from 0 to 59, "
+        "got an integer (60)",
+        "p1.yaml:3:32: trigger 'koji_build' 'package' entry: expected a string, "
+        "got an integer (7)",
+    ]
+
+
 def test_trigger_of_the_wrong_shape_is_an_error():
     assert errors_of(
         "trigger: [[gate], {gate: null, check: null}]\n"

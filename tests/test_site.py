@@ -209,6 +209,8 @@ def test_errors_of_every_file_are_reported_at_once(site_copy):
     assert config_errors(site_copy) == [
         "site/gating.yaml:2:16: 'poll-interval' (seconds): expected an integer, got a string",
         "site/pipelines/broken.yaml:1:12: stage 1 names job 'a1', which is not defined in 'jobs'",
+        "site/pipelines/nightly.yml:2:5: trigger 'nightly' names project 'nova-distgit', which "
+        "is not in the site's projects (projects: none)",
         "site/pipelines/nightly.yml:7:20: job 'smoke' runs on architecture 'aarch64', but no "
         "worker pool has that architecture (pools: none)",
         "site/pipelines/rdo.yaml:7:21: job 'build' runs on architecture 'x86_64', but no "
@@ -228,17 +230,37 @@ def test_errors_of_every_file_are_reported_at_once(site_copy):
 
 
 def test_workers_from_several_inventory_files_are_merged(site_copy):
-    (site_copy / "gating.yaml").write_text("workers: [workers.yaml, more.yaml]\n")
+    site_file = site_copy / "gating.yaml"
+    site_file.write_text(
+        site_file.read_text().replace(
+            "workers: [workers.yaml]", "workers: [workers.yaml, more.yaml]"
+        )
+    )
     (site_copy / "more.yaml").write_text("workers:\n  - {name: s390-1, arch: s390x}\n")
     config = load_config(site_copy)
     assert [w.name for w in config.workers] == ["x86-el9", "x86-el10", "arm-any", "s390-1"]
 
 
 def test_worker_defined_in_two_inventory_files_is_an_error(site_copy):
-    (site_copy / "gating.yaml").write_text("workers: [workers.yaml, more.yaml]\n")
+    site_file = site_copy / "gating.yaml"
+    site_file.write_text(
+        site_file.read_text().replace(
+            "workers: [workers.yaml]", "workers: [workers.yaml, more.yaml]"
+        )
+    )
     (site_copy / "more.yaml").write_text("workers:\n  - {name: arm-any, arch: aarch64}\n")
     assert config_errors(site_copy) == [
         "site/more.yaml:2:5: worker 'arm-any' is also defined at site/workers.yaml:14:5"
+    ]
+
+
+def test_trigger_naming_an_unknown_project_is_an_error(site_copy):
+    nightly = site_copy / "pipelines" / "nightly.yml"
+    nightly.write_text(nightly.read_text().replace("[nova-distgit]", "[nova-distgt]"))
+    assert config_errors(site_copy) == [
+        "site/pipelines/nightly.yml:2:5: trigger 'nightly' names project 'nova-distgt', which "
+        "is not in the site's projects; did you mean 'nova-distgit'? "
+        "(projects: nova-distgit, glance-distgit)"
     ]
 
 
