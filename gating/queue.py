@@ -1,0 +1,465 @@
+"""The speculative gate: shared queues of approved changes (pure logic, no Twisted).
+
+Zuul's dependent pipeline, made precise in ``DESIGN.md`` ("Gate semantics"):
+
+* Items of a queue are tested in parallel, each on its *speculative state*: the branch
+  tips plus every live, non-failing item ahead of it, merged in order. Only the first
+  ``window`` items run (start 20, floor 3, +1 per merge, halved per failure).
+* An item whose jobs fail (or that does not merge onto the items ahead) is *failing*:
+  every item behind it that was tested on top of it is reset at once (its run cancelled
+  and restarted without it); the failing item leaves the queue, reported, when it
+  reaches the head.
+* An item merges only at the head, once its jobs passed.
+* ``Depends-On``: an item waits outside the queue until every change it depends on is
+  either merged or live ahead of it in the same queue; if a needed change in its own
+  queue fails, the item fails too.
+
+The model only decides; it returns :class:`Action` objects (start, cancel, merge,
+report) for the Buildbot glue to carry out, and takes their outcomes back as events.
+Every event names the ``attempt`` it is about, so a late result of a cancelled run is
+ignored. The whole state round-trips through JSON, so a restarted master resumes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+WINDOW_START = 20
+WINDOW_FLOOR = 3
+WINDOW_INCREASE = 1
+WINDOW_DECREASE_FACTOR = 2
+KEEP_FINISHED = 200
+
+
+class State(StrEnum):
+    WAITING = "waiting"  # approved, held outside the queue by a Depends-On
+    QUEUED = "queued"  # in the queue, outside the window
+    TESTING = "testing"  # its jobs run (or ran and passed: ``passed``) on its speculative state
+    FAILING = "failing"  # failed; out of everyone's speculative state; leaves at the head
+    MERGING = "merging"  # at the head, passed, being merged
+    MERGED = "merged"
+    DEQUEUED = "dequeued"  # left without merging
+
+
+LIVE = frozenset({State.QUEUED, State.TESTING, State.FAILING, State.MERGING})
+
+
+class QueueError(Exception):
+    """A request the gate refuses (unknown queue, change already queued...); nothing changed."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """What the gate needs to know of a change."""
+
+    project: str
+    number: int
+    branch: str
+    revision: str
+    depends_on: tuple[str, ...] = ()  # keys ("project~number") of needed changes
+    subject: str = ""
+    url: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.project}~{self.number}"
+
+
+@dataclass
+class Item:
+    change: Change
+    queue: str
+    state: State = State.QUEUED
+    attempt: int = 0
+    ahead: list[str] = field(default_factory=list)  # keys its current attempt is tested on
+    passed: bool = False
+    reason: str = ""
+    history: list[str] = field(default_factory=list)  # one line per event, for people
+    info: dict[str, Any] = field(default_factory=dict)  # glue's data (merge commit, build ids)
+
+    @property
+    def key(self) -> str:
+        return self.change.key
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["change"]["depends_on"] = list(self.change.depends_on)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Item:
+        change = dict(data["change"])
+        change["depends_on"] = tuple(change.get("depends_on", ()))
+        return cls(
+            change=Change(**change),
+            queue=data["queue"],
+            state=State(data["state"]),
+            attempt=data["attempt"],
+            ahead=list(data["ahead"]),
+            passed=data["passed"],
+            reason=data["reason"],
+            history=list(data.get("history", [])),
+            info=dict(data.get("info", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Start:
+    """Test ``key`` (attempt ``attempt``) on the branch tips plus ``ahead``, in order."""
+
+    queue: str
+    key: str
+    attempt: int
+    ahead: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop the run of ``key``'s attempt ``attempt`` (its state is no longer current)."""
+
+    queue: str
+    key: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Merge ``key``'s tested state into its branch (it is at the head and passed)."""
+
+    queue: str
+    key: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """Tell the change's owner: ``status`` is "merged" or "failed"."""
+
+    queue: str
+    key: str
+    status: str
+    reason: str = ""
+
+
+Action = Start | Cancel | Merge | Report
+
+
+@dataclass
+class Queue:
+    name: str
+    window: int = WINDOW_START
+    items: list[Item] = field(default_factory=list)  # live, in order
+
+    def position(self, key: str) -> int:
+        for i, item in enumerate(self.items):
+            if item.key == key:
+                return i
+        raise KeyError(key)
+
+    def ahead_of(self, key: str) -> list[Item]:
+        """The items whose changes ``key``'s speculative state contains, in order."""
+        return [i for i in self.items[: self.position(key)] if i.state != State.FAILING]
+
+
+@dataclass
+class Gate:
+    """All queues of a site, the changes waiting on dependencies, and what has finished."""
+
+    queues: dict[str, Queue] = field(default_factory=dict)
+    project_queues: dict[str, str] = field(default_factory=dict)  # project -> queue name
+    waiting: list[Item] = field(default_factory=list)
+    finished: list[Item] = field(default_factory=list)  # newest last, capped
+    merged: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_projects(cls, project_queues: dict[str, str]) -> Gate:
+        gate = cls(project_queues=dict(project_queues))
+        for name in sorted(set(project_queues.values())):
+            gate.queues[name] = Queue(name)
+        return gate
+
+    # -- lookups -------------------------------------------------------------------
+
+    def find(self, key: str) -> Item | None:
+        for queue in self.queues.values():
+            for item in queue.items:
+                if item.key == key:
+                    return item
+        return next((i for i in self.waiting if i.key == key), None)
+
+    def item(self, key: str) -> Item:
+        found = self.find(key)
+        if found is None:
+            raise QueueError(f"change {key} is not in the gate")
+        return found
+
+    def live_items(self) -> Iterable[Item]:
+        for queue in self.queues.values():
+            yield from queue.items
+        yield from self.waiting
+
+    # -- events --------------------------------------------------------------------
+
+    def enqueue(self, change: Change) -> list[Action]:
+        """An approved change enters its project's queue (or waits for its dependencies)."""
+        queue_name = self.project_queues.get(change.project)
+        if queue_name is None:
+            raise QueueError(f"project {change.project} is not gated by any queue")
+        if self.find(change.key) is not None:
+            raise QueueError(f"change {change.key} is already in the gate")
+        if change.key in self.merged:
+            raise QueueError(f"change {change.key} is already merged")
+        item = Item(change=change, queue=queue_name, state=State.WAITING)
+        item.history.append("approved")
+        self.waiting.append(item)
+        actions: list[Action] = []
+        self._release_waiting(actions)
+        self._schedule(actions)
+        return actions
+
+    def job_result(self, key: str, attempt: int, passed: bool, reason: str = "") -> list[Action]:
+        """The jobs of ``key``'s attempt finished (a stale attempt is ignored)."""
+        item = self.find(key)
+        actions: list[Action] = []
+        if item is None or item.attempt != attempt or item.state != State.TESTING:
+            return actions
+        if item.passed:
+            return actions
+        if passed:
+            item.passed = True
+            item.history.append(f"attempt {attempt}: jobs passed")
+        else:
+            self._fail(item, reason or "jobs failed", actions)
+        self._schedule(actions)
+        return actions
+
+    def merge_conflict(self, key: str, attempt: int) -> list[Action]:
+        """``key`` does not merge onto the items ahead of it."""
+        return self.job_result(key, attempt, False, "merge conflict")
+
+    def merged_ok(self, key: str, attempt: int) -> list[Action]:
+        """The merge of the head item landed."""
+        item = self.find(key)
+        actions: list[Action] = []
+        if item is None or item.state != State.MERGING or item.attempt != attempt:
+            return actions
+        queue = self.queues[item.queue]
+        queue.items.remove(item)
+        item.state = State.MERGED
+        item.history.append("merged")
+        self.merged.add(item.key)
+        self._finish(item)
+        queue.window += WINDOW_INCREASE
+        actions.append(Report(queue.name, item.key, "merged"))
+        self._release_waiting(actions)
+        self._schedule(actions)
+        return actions
+
+    def merge_failed(self, key: str, attempt: int, reason: str, *, retest: bool) -> list[Action]:
+        """The merge did not land. ``retest``: the branch moved outside the gate, so the
+        item and everything behind it are tested again on the new tip; otherwise the item
+        fails (e.g. its export failed)."""
+        item = self.find(key)
+        actions: list[Action] = []
+        if item is None or item.state != State.MERGING or item.attempt != attempt:
+            return actions
+        queue = self.queues[item.queue]
+        if retest:
+            item.history.append(f"not merged: {reason}; testing again")
+            for other in queue.items:
+                if other.state in (State.TESTING, State.MERGING):
+                    self._reset(other, actions, why=reason)
+        else:
+            self._fail(item, reason, actions)
+        self._schedule(actions)
+        return actions
+
+    def dequeue(self, key: str, reason: str) -> list[Action]:
+        """Take a change out of the gate (an admin's decision); items behind are reset."""
+        item = self.item(key)
+        actions: list[Action] = []
+        if item.state == State.MERGING:
+            raise QueueError(f"change {key} is being merged; it cannot be dequeued now")
+        if item.state == State.WAITING:
+            self.waiting.remove(item)
+        else:
+            queue = self.queues[item.queue]
+            if item.state == State.TESTING and not item.passed:
+                actions.append(Cancel(queue.name, item.key, item.attempt))
+            position = queue.position(key)
+            queue.items.remove(item)
+            for other in queue.items[position:]:
+                if key in other.ahead:
+                    self._reset(other, actions, why=f"{key} was dequeued")
+        item.state = State.DEQUEUED
+        item.reason = reason
+        item.history.append(f"dequeued: {reason}")
+        self._finish(item)
+        actions.append(Report(item.queue, key, "failed", reason))
+        self._schedule(actions)
+        return actions
+
+    def restart_all(self, why: str) -> list[Action]:
+        """After a master restart: every unfinished run is started again from scratch
+        (results of the old runs are no longer awaited); merges in flight are redone."""
+        actions: list[Action] = []
+        for queue in self.queues.values():
+            for item in queue.items:
+                if item.state == State.TESTING and not item.passed:
+                    self._reset(item, actions, why=why)
+                elif item.state == State.MERGING:
+                    actions.append(Merge(queue.name, item.key, item.attempt))
+        self._schedule(actions)
+        return actions
+
+    # -- internals -----------------------------------------------------------------
+
+    def _fail(self, item: Item, reason: str, actions: list[Action]) -> None:
+        queue = self.queues[item.queue]
+        item.state = State.FAILING
+        item.reason = reason
+        item.history.append(f"attempt {item.attempt}: failing: {reason}")
+        queue.window = max(WINDOW_FLOOR, queue.window // WINDOW_DECREASE_FACTOR)
+        for other in queue.items[queue.position(item.key) + 1 :]:
+            if other.state == State.FAILING:
+                continue
+            if item.change.key in other.change.depends_on:
+                if other.state == State.TESTING and not other.passed:
+                    actions.append(Cancel(queue.name, other.key, other.attempt))
+                self._fail(other, f"depends on {item.key}, which failed", actions)
+            elif item.key in other.ahead:
+                self._reset(other, actions, why=f"{item.key} failed")
+
+    def _reset(self, item: Item, actions: list[Action], why: str) -> None:
+        """Forget ``item``'s run: cancel it if running; it will be started again."""
+        queue = self.queues[item.queue]
+        if item.state == State.TESTING and not item.passed and item.attempt:
+            actions.append(Cancel(queue.name, item.key, item.attempt))
+        item.history.append(f"attempt {item.attempt}: reset ({why})")
+        item.state = State.QUEUED
+        item.passed = False
+        item.ahead = []
+
+    def _release_waiting(self, actions: list[Action]) -> None:
+        """Move waiting items whose dependencies are satisfied into their queues."""
+        moved = True
+        while moved:
+            moved = False
+            for item in list(self.waiting):
+                if self._dependencies_met(item):
+                    self.waiting.remove(item)
+                    item.state = State.QUEUED
+                    item.history.append(f"enqueued in {item.queue}")
+                    self.queues[item.queue].items.append(item)
+                    moved = True
+
+    def _dependencies_met(self, item: Item) -> bool:
+        queue = self.queues[item.queue]
+        for dep in item.change.depends_on:
+            if dep in self.merged:
+                continue
+            if any(i.key == dep and i.state != State.FAILING for i in queue.items):
+                continue  # ahead of it in the same queue, once it enters
+            return False
+        return True
+
+    def _schedule(self, actions: list[Action]) -> None:
+        """Start what the window allows, dequeue failing heads, merge passed heads."""
+        for queue in self.queues.values():
+            while queue.items:
+                head = queue.items[0]
+                if head.state == State.FAILING:
+                    queue.items.pop(0)
+                    head.state = State.DEQUEUED
+                    self._finish(head)
+                    actions.append(Report(queue.name, head.key, "failed", head.reason))
+                    continue
+                if head.state == State.TESTING and head.passed:
+                    head.state = State.MERGING
+                    head.history.append(f"attempt {head.attempt}: merging")
+                    actions.append(Merge(queue.name, head.key, head.attempt))
+                break
+            for position, item in enumerate(queue.items):
+                if position >= queue.window:
+                    break
+                if item.state != State.QUEUED:
+                    continue
+                item.attempt += 1
+                item.state = State.TESTING
+                item.passed = False
+                item.ahead = [i.key for i in queue.ahead_of(item.key)]
+                shown = ", ".join(item.ahead) or "the branch tip"
+                item.history.append(f"attempt {item.attempt}: testing on {shown}")
+                actions.append(Start(queue.name, item.key, item.attempt, tuple(item.ahead)))
+
+    def _finish(self, item: Item) -> None:
+        self.finished.append(item)
+        del self.finished[:-KEEP_FINISHED]
+
+    # -- persistence -----------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "project_queues": dict(self.project_queues),
+            "queues": {
+                name: {"window": q.window, "items": [i.to_json() for i in q.items]}
+                for name, q in self.queues.items()
+            },
+            "waiting": [i.to_json() for i in self.waiting],
+            "finished": [i.to_json() for i in self.finished],
+            "merged": sorted(self.merged),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], project_queues: dict[str, str]) -> Gate:
+        """Restore a saved gate; ``project_queues`` is the current configuration's."""
+        gate = cls.for_projects(project_queues)
+        for name, q in data.get("queues", {}).items():
+            queue = gate.queues.setdefault(name, Queue(name))
+            queue.window = q["window"]
+            queue.items = [Item.from_json(i) for i in q["items"]]
+        gate.waiting = [Item.from_json(i) for i in data.get("waiting", [])]
+        gate.finished = [Item.from_json(i) for i in data.get("finished", [])]
+        gate.merged = set(data.get("merged", []))
+        return gate
+
+    def status(self) -> dict[str, Any]:
+        """What ``gating queue --json`` and the web UI show."""
+
+        def describe(item: Item) -> dict[str, Any]:
+            return {
+                "change": item.key,
+                "project": item.change.project,
+                "number": item.change.number,
+                "branch": item.change.branch,
+                "revision": item.change.revision,
+                "subject": item.change.subject,
+                "url": item.change.url,
+                "state": item.state.value,
+                "passed": item.passed,
+                "attempt": item.attempt,
+                "ahead": list(item.ahead),
+                "reason": item.reason,
+                "depends_on": list(item.change.depends_on),
+                "info": item.info,
+                "history": list(item.history),
+            }
+
+        return {
+            "queues": [
+                {
+                    "name": q.name,
+                    "window": q.window,
+                    "projects": sorted(p for p, n in self.project_queues.items() if n == q.name),
+                    "items": [describe(i) for i in q.items],
+                }
+                for q in self.queues.values()
+            ],
+            "waiting": [describe(i) for i in self.waiting],
+            "finished": [describe(i) for i in reversed(self.finished)],
+        }
