@@ -4,14 +4,22 @@
   valid, 1 with every error as ``FILE:LINE:COLUMN: message`` otherwise.
 * ``gating plan PATH [--json]``: the per-architecture stages of every pipeline and the
   builders they become.
+* ``gating approve PROJECT CHANGE``: put a change of the embedded forge in the gate.
+* ``gating queue [--json]``: every gate queue with its items in order and their states.
 * ``gating demo``: create and run the embedded demo master with its workers.
+
+``approve`` and ``queue`` talk to the master's HTTP API (``--url``, default
+``$GATING_URL`` or http://127.0.0.1:8010/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 from gating.diagnostics import ConfigError
@@ -59,7 +67,66 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print()
     print(f"{'builder':<48} {'arch':<8} workers")
     for b in sorted_builders(plan.builders):
-        print(f"{b.name:<48} {b.arch or '-':<8} {', '.join(b.workernames) or '-'}")
+        workers = ", ".join(b.workernames) or "-"
+        if b.kind == "pipeline" and len(b.workernames) > 1:
+            workers = f"{b.workernames[0]}..{len(b.workernames)} (master)"
+        print(f"{b.name:<48} {b.arch or '-':<8} {workers}")
+    return 0
+
+
+def _api(url: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """Call the master's gate API; (HTTP status, JSON answer)."""
+    full = url.rstrip("/") + "/plugins/gating/api/" + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        full,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST" if data else "GET",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.load(exc)
+        except ValueError:
+            return exc.code, {"error": f"HTTP {exc.code} from {full}"}
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, {"error": f"cannot reach the master at {url}: {getattr(exc, 'reason', exc)}"}
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    status, answer = _api(args.url, "approve", {"project": args.project, "change": args.change})
+    if status != 200:
+        print(f"gating approve: {answer.get('error', answer)}", file=sys.stderr)
+        return 1
+    print(f"{answer['change']}: {answer['state']}")
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    status, answer = _api(args.url, "queue")
+    if status != 200:
+        print(f"gating queue: {answer.get('error', answer)}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(answer, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    for queue in answer["queues"]:
+        print(f"queue {queue['name']} (window {queue['window']}; {', '.join(queue['projects'])})")
+        if not queue["items"]:
+            print("  (empty)")
+        for item in queue["items"]:
+            state = item["state"] + (" (passed)" if item["passed"] else "")
+            ahead = ", ".join(item["ahead"]) or "branch tip"
+            reason = f"  [{item['reason']}]" if item["reason"] else ""
+            print(f"  {item['change']:<24} {state:<18} on {ahead}{reason}")
+    if answer["waiting"]:
+        print("waiting for dependencies:")
+        for item in answer["waiting"]:
+            print(f"  {item['change']:<24} needs {', '.join(item['depends_on'])}")
     return 0
 
 
@@ -79,6 +146,16 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("path")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
+    default_url = os.environ.get("GATING_URL", "http://127.0.0.1:8010/")
+    approve = sub.add_parser("approve", help="put a change in the gate")
+    approve.add_argument("project")
+    approve.add_argument("change", type=int)
+    approve.add_argument("--url", default=default_url, help="the master's web URL")
+    approve.set_defaults(func=cmd_approve)
+    queue = sub.add_parser("queue", help="show the gate's queues")
+    queue.add_argument("--json", action="store_true", help="print JSON")
+    queue.add_argument("--url", default=default_url, help="the master's web URL")
+    queue.set_defaults(func=cmd_queue)
     demo = sub.add_parser("demo", help="run the embedded demo master, workers and web UI")
     demo.add_argument("--basedir", default=".gating-demo")
     demo.add_argument("--port", type=int, default=8010, help="web UI port")

@@ -18,9 +18,10 @@ from buildbot.process.factory import BuildFactory
 
 from gating import commands
 from gating.diagnostics import ConfigError
+from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
-from gating.plan import COORDINATOR_WORKER, builder_name, sorted_builders
+from gating.plan import builder_name, coordinator_names, sorted_builders
 from gating.site import GatingConfig, Project, Site, load_config, repository_url
 from gating.steps import JobTrigger, RunPipeline, trigger_scheduler_name
 
@@ -167,13 +168,51 @@ def _pipeline_projects(pipeline: Pipeline, site: Site, kind: str) -> list[Projec
     for trigger in pipeline.triggers:
         if trigger.kind == kind:
             names = trigger.option("projects")
+            candidates = [p for p in site.projects if p.queue] if kind == "gate" else site.projects
             if names is None:
-                return list(site.projects)
-            return [p for p in site.projects if p.name in names]
+                return list(candidates)
+            names = [names] if isinstance(names, str) else names
+            return [p for p in candidates if p.name in names]
     return []
 
 
-def _schedulers(config: GatingConfig) -> list[Any]:
+def forge_root(site: Site, basedir: Path) -> Path:
+    root = Path(site.forge_dir)
+    return root if root.is_absolute() else basedir / root
+
+
+def project_url(project: Project, site: Site, basedir: Path) -> str:
+    """Where git reaches a project: its repository in the embedded forge when it is gated,
+    its configured repository otherwise."""
+    if project.queue:
+        return str(forge_root(site, basedir) / f"{project.name}.git")
+    return repository_url(project, site)
+
+
+def _gate_scheduler(config: GatingConfig, basedir: Path) -> list[Any]:
+    site = config.site
+    assert site is not None
+    gated = [p for p in site.projects if p.queue]
+    if not gated:
+        return []
+    pipelines: dict[str, list[str]] = {p.name: [] for p in gated}
+    for pipeline in config.pipelines:
+        for project in _pipeline_projects(pipeline, site, "gate"):
+            pipelines[project.name].append(pipeline.name)
+    settings = GateSettings(
+        forge_root=str(forge_root(site, basedir)),
+        workdir=str(basedir / "gate-workdir"),
+        project_queues=tuple((p.name, p.queue or "") for p in gated),
+        project_branches=tuple((p.name, p.branches) for p in gated),
+        project_pipelines=tuple((name, tuple(b)) for name, b in pipelines.items()),
+        project_seeds=tuple((p.name, repository_url(p, site)) for p in gated),
+        queue_windows=site.queue_windows,
+    )
+    builders = sorted({b for names in pipelines.values() for b in names})
+    return [GateScheduler(name=SCHEDULER_NAME, builderNames=builders, settings=settings)]
+
+
+def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
     site = config.site
     assert site is not None
     out: list[Any] = []
@@ -216,7 +255,7 @@ def _schedulers(config: GatingConfig) -> list[Any]:
                 codebases = (
                     {
                         "": {
-                            "repository": repository_url(project, site),
+                            "repository": project_url(project, site, basedir),
                             "branch": project.branches[0],
                         }
                     }
@@ -232,6 +271,7 @@ def _schedulers(config: GatingConfig) -> list[Any]:
                         codebases=codebases,
                     )
                 )
+    out.extend(_gate_scheduler(config, basedir))
     return out
 
 
@@ -243,7 +283,7 @@ def _change_sources(site: Site, config: GatingConfig, basedir: Path) -> list[Any
     }
     out = []
     for project in watched.values():
-        out.append(_git_poller(repository_url(project, site), project, site, basedir))
+        out.append(_git_poller(project_url(project, site, basedir), project, site, basedir))
     return out
 
 
@@ -286,8 +326,10 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         )
         for w in inventory.workers
     ]
-    coordinators = max(4, len(config.pipelines) * 2)
-    workers.append(worker.LocalWorker(COORDINATOR_WORKER, max_builds=coordinators))
+    workers.extend(
+        worker.LocalWorker(name, max_builds=len(config.pipelines) or 1)
+        for name in coordinator_names(site.coordinators)
+    )
     c["workers"] = workers
 
     builders = []
@@ -329,13 +371,13 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
             )
         )
     c["builders"] = builders
-    c["schedulers"] = _schedulers(config)
+    c["schedulers"] = _schedulers(config, basedir)
     c["change_source"] = _change_sources(site, config, basedir)
     c["www"] = {
         "port": f"tcp:{site.www_port}:interface={site.www_interface}"
         if isinstance(site.www_port, int)
         else site.www_port,
-        "plugins": {"console_view": {}, "grid_view": {}, "waterfall_view": {}},
+        "plugins": {"console_view": {}, "grid_view": {}, "waterfall_view": {}, "gating": {}},
         "change_hook_dialects": {},
     }
     return c

@@ -23,7 +23,17 @@ from gating.diagnostics import Collector
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 
-COORDINATOR_WORKER = "gating-coordinator"
+COORDINATOR_PREFIX = "gating-coordinator"
+DEFAULT_COORDINATORS = 20
+
+
+def coordinator_names(count: int = DEFAULT_COORDINATORS) -> tuple[str, ...]:
+    """The master-side workers that run pipeline builds. Buildbot runs one build per
+    (builder, worker) at a time, so a pipeline runs at most ``count`` times at once."""
+    return tuple(f"{COORDINATOR_PREFIX}-{i}" for i in range(1, count + 1))
+
+
+COORDINATOR_WORKERS = coordinator_names()
 
 SUPPORTED_PLUGINS = frozenset(PLUGIN_RUN)
 
@@ -87,11 +97,18 @@ class Plan:
         }
 
 
-def make_plan(pipelines: list[Pipeline], inventory: Inventory | None, errors: Collector) -> Plan:
+def make_plan(
+    pipelines: list[Pipeline],
+    inventory: Inventory | None,
+    errors: Collector,
+    coordinators: int = DEFAULT_COORDINATORS,
+) -> Plan:
     """Derive builders; with an inventory, check every instance has a pool and can run."""
     builders: list[BuilderSpec] = []
     for p in pipelines:
-        builders.append(BuilderSpec(p.name, p.name, "pipeline", workernames=(COORDINATOR_WORKER,)))
+        builders.append(
+            BuilderSpec(p.name, p.name, "pipeline", workernames=coordinator_names(coordinators))
+        )
         done: set[tuple[str, int]] = set()
         for _stage, inst in p.instances():
             job = p.job(inst.job, inst.index)

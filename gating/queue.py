@@ -176,10 +176,13 @@ class Gate:
     merged: set[str] = field(default_factory=set)
 
     @classmethod
-    def for_projects(cls, project_queues: dict[str, str]) -> Gate:
+    def for_projects(
+        cls, project_queues: dict[str, str], windows: dict[str, int] | None = None
+    ) -> Gate:
+        """A new gate; ``windows`` sets a queue's starting window (default 20)."""
         gate = cls(project_queues=dict(project_queues))
         for name in sorted(set(project_queues.values())):
-            gate.queues[name] = Queue(name)
+            gate.queues[name] = Queue(name, window=(windows or {}).get(name, WINDOW_START))
         return gate
 
     # -- lookups -------------------------------------------------------------------
@@ -213,7 +216,10 @@ class Gate:
             raise QueueError(f"change {change.key} is already in the gate")
         if change.key in self.merged:
             raise QueueError(f"change {change.key} is already merged")
-        item = Item(change=change, queue=queue_name, state=State.WAITING)
+        # A change approved again continues its attempt numbers, so that a late result of a
+        # run of its previous passage (e.g. one cancelled when it was dequeued) is ignored.
+        attempt = max((i.attempt for i in self.finished if i.key == change.key), default=0)
+        item = Item(change=change, queue=queue_name, state=State.WAITING, attempt=attempt)
         item.history.append("approved")
         self.waiting.append(item)
         actions: list[Action] = []
@@ -293,7 +299,14 @@ class Gate:
             position = queue.position(key)
             queue.items.remove(item)
             for other in queue.items[position:]:
-                if key in other.ahead:
+                if other.state == State.FAILING:
+                    continue  # failing stays failing, as in _fail (items behind skip it)
+                if key in other.change.depends_on:
+                    # It needs the dequeued change: testing it without it would be wrong.
+                    if other.state == State.TESTING and not other.passed:
+                        actions.append(Cancel(queue.name, other.key, other.attempt))
+                    self._fail(other, f"depends on {key}, which was dequeued", actions)
+                elif key in other.ahead:
                     self._reset(other, actions, why=f"{key} was dequeued")
         item.state = State.DEQUEUED
         item.reason = reason
@@ -323,7 +336,8 @@ class Gate:
         item.state = State.FAILING
         item.reason = reason
         item.history.append(f"attempt {item.attempt}: failing: {reason}")
-        queue.window = max(WINDOW_FLOOR, queue.window // WINDOW_DECREASE_FACTOR)
+        floor = min(WINDOW_FLOOR, queue.window)  # a queue configured narrower stays so
+        queue.window = max(floor, queue.window // WINDOW_DECREASE_FACTOR)
         for other in queue.items[queue.position(item.key) + 1 :]:
             if other.state == State.FAILING:
                 continue

@@ -9,10 +9,14 @@
     www-interface: 127.0.0.1
     pb-port: 9989
     poll-interval: 60                    # seconds between polls of project repositories
+    coordinators: 20                     # pipeline runs at once (master-side workers)
     database: sqlite:///state.sqlite     # any SQLAlchemy URL Buildbot supports
     secrets-dir: secrets                 # Buildbot SecretInAFile directory, relative to the master
+    forge-dir: git                       # the embedded forge's bare repositories, idem
     workers: workers.yaml                # inventory file(s), relative to this directory
     pipelines: pipelines                 # folder of pipeline files, relative to this directory
+    queues:
+      rdo: {window: 20}                  # a queue's starting window (default 20)
     projects:
       - name: nova-distgit
         repository: https://example.org/nova-distgit.git
@@ -46,11 +50,14 @@ SITE_KEYS = frozenset(
         "www-interface",
         "pb-port",
         "poll-interval",
+        "coordinators",
         "database",
         "secrets-dir",
+        "forge-dir",
         "workers",
         "pipelines",
         "projects",
+        "queues",
     }
 )
 PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
@@ -76,11 +83,14 @@ class Site:
     www_interface: str = "127.0.0.1"
     pb_port: int | str = 9989
     poll_interval: int = 60
+    coordinators: int = 20
     database: str = "sqlite:///state.sqlite"
     secrets_dir: str = "secrets"
+    forge_dir: str = "git"
     workers: tuple[str, ...] = ("workers.yaml",)
     pipelines: str = "pipelines"
     projects: tuple[Project, ...] = ()
+    queue_windows: tuple[tuple[str, int], ...] = ()
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -110,7 +120,15 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
     if f is None:
         return site
     kw: dict[str, object] = {}
-    for key in ("title", "title-url", "buildbot-url", "www-interface", "database", "secrets-dir"):
+    for key in (
+        "title",
+        "title-url",
+        "buildbot-url",
+        "www-interface",
+        "database",
+        "secrets-dir",
+        "forge-dir",
+    ):
         if key in f:
             value = r.string(f[key], f"'{key}'")
             if value is not None:
@@ -120,6 +138,10 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
             port = _port(r, f[key], key)
             if port is not None:
                 kw[key.replace("-", "_")] = port
+    if "coordinators" in f:
+        count = r.integer(f["coordinators"], "'coordinators'", minimum=1)
+        if count is not None:
+            kw["coordinators"] = count
     if "poll-interval" in f:
         interval = r.integer(f["poll-interval"], "'poll-interval' (seconds)", minimum=1)
         if interval is not None:
@@ -134,6 +156,8 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
             kw["pipelines"] = folder
     if "projects" in f:
         kw["projects"] = _projects(r, f["projects"])
+    if "queues" in f:
+        kw["queue_windows"] = _queues(r, f["queues"])
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -149,6 +173,22 @@ def _port(r: Reader, node: Node, key: str) -> int | str | None:
         f"such as 'tcp:8010:interface=127.0.0.1', got {describe(node)}",
     )
     return None
+
+
+def _queues(r: Reader, node: Node) -> tuple[tuple[str, int], ...]:
+    if not node.is_map:
+        r.fail(
+            node, f"'queues': expected a mapping of queue names to settings, got {describe(node)}"
+        )
+        return ()
+    out = []
+    for name, settings in node.items():
+        f = r.mapping(settings, f"queue '{name}'", {"window"})
+        if f and "window" in f:
+            window = r.integer(f["window"], f"queue '{name}' 'window'", minimum=1)
+            if window is not None:
+                out.append((name, window))
+    return tuple(out)
 
 
 def _projects(r: Reader, node: Node) -> tuple[Project, ...]:
@@ -244,16 +284,30 @@ def load_config(path: str | Path) -> GatingConfig:
             errors.error(p.mark, f"pipeline '{p.name}' is also defined in {seen[p.name].file}")
         seen.setdefault(p.name, p)
     _check_trigger_projects(list(seen.values()), site, errors)
-    plan = make_plan(list(seen.values()), inventory, errors)
+    plan = make_plan(list(seen.values()), inventory, errors, site.coordinators)
     errors.check()
     return GatingConfig(site, inventory, tuple(seen.values()), plan)
 
 
 def _check_trigger_projects(pipelines: list[Pipeline], site: Site, errors: Collector) -> None:
     known = [p.name for p in site.projects]
+    gated = [p.name for p in site.projects if p.queue]
     for pipeline in pipelines:
         for trigger in pipeline.triggers:
             names = trigger.option("projects")
+            if trigger.kind == "gate":
+                for name in [names] if isinstance(names, str) else names or []:
+                    if name in known and name not in gated:
+                        errors.error(
+                            trigger.mark,
+                            f"trigger 'gate' names project '{name}', which has no 'queue' "
+                            "in the site's projects",
+                        )
+                if not gated:
+                    errors.error(
+                        trigger.mark,
+                        "trigger 'gate': no project of the site names a 'queue' to gate",
+                    )
             for name in [names] if isinstance(names, str) else names or []:
                 if name not in known:
                     errors.error(

@@ -61,7 +61,7 @@ def test_plan_json_of_seed_001_gives_exactly_launchpads_stages(in_fixtures, caps
     assert (p["name"], p["file"]) == ("seed001", "seed001.yaml")
     assert p["stages"] == SEED_001_STAGES
     assert [(b["name"], b["arch"], b["workernames"]) for b in data["builders"]] == [
-        ("seed001", None, ["gating-coordinator"]),
+        ("seed001", None, [f"gating-coordinator-{i}" for i in range(1, 21)]),
         ("seed001/build-snap/x86_64", "x86_64", []),
         ("seed001/build-snap/aarch64", "aarch64", []),
         ("seed001/test-snap#0/x86_64", "x86_64", []),
@@ -113,7 +113,7 @@ def test_plan_text_shows_stages_per_lane_and_the_builder_table(in_fixtures, caps
     ]
     assert lines[3] == ""
     assert lines[4].split() == ["builder", "arch", "workers"]
-    assert lines[5].split() == ["seed001", "-", "gating-coordinator"]
+    assert lines[5].split() == ["seed001", "-", "gating-coordinator-1..20", "(master)"]
     assert lines[6].split() == ["seed001/build-snap/x86_64", "x86_64", "-"]
     assert lines[-1].split() == ["seed001/test-snap#2/aarch64", "aarch64", "-"]
 

@@ -46,7 +46,7 @@ def test_demo_config_is_accepted_by_buildbot(basedir):
     descriptions = {b.name: b.description for b in loaded.builders}
     assert descriptions["sample/test/aarch64"] == "job test of pipeline sample: stage 2, aarch64"
     workers = {b.name: b.workernames for b in loaded.builders}
-    assert workers["sample"] == ["gating-coordinator"]
+    assert workers["sample"] == [f"gating-coordinator-{i}" for i in range(1, 21)]
     assert workers["sample/test/aarch64"] == ["local-aarch64"]
     assert workers["sample/lint/x86_64"] == ["local-x86_64"]
     assert sorted(loaded.schedulers) == [
@@ -55,13 +55,13 @@ def test_demo_config_is_accepted_by_buildbot(basedir):
         "sample:jobs",
     ]
     assert loaded.db.db_url == "sqlite:///state.sqlite"
-    assert set(loaded.www["plugins"]) == {"console_view", "grid_view", "waterfall_view"}
+    assert set(loaded.www["plugins"]) == {"console_view", "grid_view", "waterfall_view", "gating"}
     assert loaded.www["port"] == "tcp:8010:interface=127.0.0.1"
 
 
 def test_worker_passwords_are_secrets_never_strings(basedir):
     config = gmaster.buildmaster_config(str(basedir), str(DEMO))
-    pb_workers = [w for w in config["workers"] if w.name != "gating-coordinator"]
+    pb_workers = [w for w in config["workers"] if not w.name.startswith("gating-coordinator")]
     assert {w.name for w in pb_workers} == {"local-x86_64", "local-aarch64"}
     for w in pb_workers:
         assert isinstance(w.password, Secret)

@@ -534,8 +534,7 @@ def test_trigger_options_are_typed():
         "p1.yaml:2:19: trigger 'nightly' 'hour': expected an integer from 0 to 23, got a string",
         "p1.yaml:2:32: trigger 'nightly' 'minute': expected an integer from 0 to 59, "
         "got an integer (60)",
-        "p1.yaml:3:32: trigger 'koji_build' 'package' entry: expected a string, "
-        "got an integer (7)",
+        "p1.yaml:3:32: trigger 'koji_build' 'package' entry: expected a string, got an integer (7)",
     ]
 
 

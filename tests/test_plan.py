@@ -10,7 +10,7 @@ from gating.diagnostics import Collector, ConfigError
 from gating.inventory import Inventory, Worker
 from gating.pipeline import MASTER_LANE, InstanceId, load_pipeline_file, parse_pipeline
 from gating.plan import (
-    COORDINATOR_WORKER,
+    COORDINATOR_WORKERS,
     SUPPORTED_PLUGINS,
     BuilderSpec,
     builder_name,
@@ -56,7 +56,7 @@ def test_plan_without_inventory_has_a_pipeline_builder_and_one_builder_per_insta
     plan = make_plan([seed001()], None, errors)
     assert not errors
     assert [(b.name, b.kind, b.arch, b.workernames) for b in plan.builders] == [
-        ("seed001", "pipeline", None, (COORDINATOR_WORKER,)),
+        ("seed001", "pipeline", None, COORDINATOR_WORKERS),
         ("seed001/build-snap/x86_64", "job", "x86_64", ()),
         ("seed001/build-snap/aarch64", "job", "aarch64", ()),
         ("seed001/test-snap#0/x86_64", "job", "x86_64", ()),
@@ -261,9 +261,9 @@ def test_sorted_builders_puts_pipeline_builders_first_then_arches_in_order():
 def test_multiarch_site_builders_are_pinned_to_their_pools():
     plan = load_config(FIXTURES / "sites" / "multiarch").plan
     assert {b.name: b.workernames for b in plan.builders} == {
-        "nightly": (COORDINATOR_WORKER,),
+        "nightly": COORDINATOR_WORKERS,
         "nightly/smoke/aarch64": ("arm-any",),
-        "rdo": (COORDINATOR_WORKER,),
+        "rdo": COORDINATOR_WORKERS,
         "rdo/build/x86_64": ("x86-el9",),
         "rdo/packstack/x86_64": ("x86-el9",),
         "rdo/packstack/aarch64": ("arm-any",),

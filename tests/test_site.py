@@ -213,6 +213,8 @@ def test_errors_of_every_file_are_reported_at_once(site_copy):
         "is not in the site's projects (projects: none)",
         "site/pipelines/nightly.yml:7:20: job 'smoke' runs on architecture 'aarch64', but no "
         "worker pool has that architecture (pools: none)",
+        "site/pipelines/rdo.yaml:1:10: trigger 'gate': no project of the site names a 'queue' "
+        "to gate",
         "site/pipelines/rdo.yaml:7:21: job 'build' runs on architecture 'x86_64', but no "
         "worker pool has that architecture (pools: none)",
         "site/pipelines/rdo.yaml:14:21: job 'packstack' runs on architecture 'x86_64', but no "

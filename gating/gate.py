@@ -1,0 +1,405 @@
+"""The gate scheduler: Buildbot glue around :mod:`gating.queue` and :mod:`gating.forge`.
+
+The scheduler owns the gate's queues. It turns the model's actions into Buildbot work:
+
+* ``Start``: build the item's speculative state with git (branch tip + the changes
+  ahead of it in the same repository + the item, merged in order), publish it under
+  ``refs/gating/...`` in the project's repository and request the gate pipelines on it;
+  the build properties name the change, the changes ahead with their commits and the
+  merge commit;
+* ``Cancel``: cancel the item's build requests and stop its builds;
+* ``Merge``: move the branch to the tested commit, only if the branch still is where the
+  item was tested (else: tested again on the new tip);
+* ``Report``: record the verdict on the change.
+
+Actions run one at a time, in the order the model gave them, and each is checked against
+the model before it runs, so the work of a reset item is never started. The model is
+saved in the master's database after every event, so a restart resumes the queues.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from buildbot.data import resultspec
+from buildbot.process.results import SUCCESS, WARNINGS
+from buildbot.schedulers.base import ReconfigurableBaseScheduler
+from twisted.internet import defer, threads
+from twisted.python import log
+
+from gating import forge as forgemod
+from gating.queue import (
+    Action,
+    Cancel,
+    Change,
+    Gate,
+    Item,
+    Merge,
+    Queue,
+    QueueError,
+    Report,
+    Start,
+    State,
+)
+
+SCHEDULER_NAME = "gate"
+STATE_KEY = "gate"
+
+_DEPENDS_URL_RE = re.compile(r"/(?:c/)?([A-Za-z0-9._+-]+)/\+/(\d+)/?$")
+_DEPENDS_KEY_RE = re.compile(r"^([A-Za-z0-9._+-]+)[~/](\d+)$")
+
+
+def depends_key(value: str) -> str | None:
+    """``nova~3``, ``nova/3`` or a Gerrit-style URL ``.../c/nova/+/3`` -> ``nova~3``."""
+    value = value.strip()
+    for pattern in (_DEPENDS_KEY_RE, _DEPENDS_URL_RE):
+        found = pattern.search(value) if pattern is _DEPENDS_URL_RE else pattern.match(value)
+        if found:
+            return f"{found.group(1)}~{int(found.group(2))}"
+    return None
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """What the gate scheduler needs from the configuration (frozen, comparable)."""
+
+    forge_root: str  # bare repositories, <project>.git
+    workdir: str  # scratch clones for speculative merges
+    project_queues: tuple[tuple[str, str], ...]  # (project, queue)
+    project_branches: tuple[tuple[str, tuple[str, ...]], ...]
+    project_pipelines: tuple[tuple[str, tuple[str, ...]], ...]  # project -> pipeline builders
+    project_seeds: tuple[tuple[str, str], ...] = ()  # project -> repository to import first
+    queue_windows: tuple[tuple[str, int], ...] = ()
+
+    def queues(self) -> dict[str, str]:
+        return dict(self.project_queues)
+
+    def branches(self, project: str) -> tuple[str, ...]:
+        return dict(self.project_branches).get(project, ())
+
+    def pipelines(self, project: str) -> tuple[str, ...]:
+        return dict(self.project_pipelines).get(project, ())
+
+
+def run_ref(item: Item) -> str:
+    return f"refs/gating/{item.queue}/{item.change.project}/{item.change.number}/{item.attempt}"
+
+
+class GateScheduler(ReconfigurableBaseScheduler):
+    compare_attrs: ClassVar[tuple[str, ...]] = (
+        *ReconfigurableBaseScheduler.compare_attrs,
+        "settings",
+    )
+
+    def checkConfig(  # type: ignore[override]
+        self, builderNames: list[str], settings: GateSettings, **kwargs: Any
+    ) -> None:
+        super().checkConfig(builderNames=builderNames, **kwargs)
+
+    @defer.inlineCallbacks
+    def reconfigService(  # type: ignore[override]
+        self, builderNames: list[str], settings: GateSettings, **kwargs: Any
+    ) -> Any:
+        self.settings = settings
+        self.forge = forgemod.LocalForge(Path(settings.forge_root))
+        for project, seed in settings.project_seeds:
+            yield threads.deferToThread(
+                self.forge.ensure_project,
+                project,
+                list(settings.branches(project)),
+                Path(seed) if seed and Path(seed).exists() else None,
+            )
+        if self.gate is not None:
+            self.gate.project_queues = settings.queues()
+            for name in set(settings.queues().values()) - set(self.gate.queues):
+                self.gate.queues[name] = Queue(name)
+        yield super().reconfigService(builderNames=builderNames, **kwargs)
+
+    gate: Gate | None = None
+    _consumer: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = defer.DeferredLock()
+
+    # -- activity ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def activate(self) -> Any:
+        yield super().activate()
+        if not self.enabled:
+            return
+        saved = yield self.getState(STATE_KEY, None)
+        queues = self.settings.queues()
+        if saved:
+            self.gate = Gate.from_json(json.loads(saved), queues)
+            actions = self.gate.restart_all("the master restarted")
+        else:
+            self.gate = Gate.for_projects(queues, dict(self.settings.queue_windows))
+            actions = []
+        self._consumer = yield self.master.mq.startConsuming(
+            self._buildset_complete, ("buildsets", None, "complete")
+        )
+        yield self._apply(actions)
+
+    @defer.inlineCallbacks
+    def deactivate(self) -> Any:
+        if self._consumer is not None:
+            self._consumer.stopConsuming()
+            self._consumer = None
+        yield self._lock.run(lambda: None)
+        yield super().deactivate()
+
+    # -- requests from people (API) ------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def approve(self, project: str, number: int) -> Any:
+        """Put a change in its queue; QueueError / ForgeError with a clear message otherwise."""
+        if self.gate is None:
+            raise QueueError("the gate is not active on this master")
+        if project not in self.settings.queues():
+            raise QueueError(f"project {project} is not gated by any queue")
+        info = yield threads.deferToThread(self.forge.change, project, number)
+        if info.branch not in self.settings.branches(project):
+            raise QueueError(
+                f"change {info.key} is for branch {info.branch}, which is not gated "
+                f"(gated branches of {project}: {', '.join(self.settings.branches(project))})"
+            )
+        if info.status == "merged":
+            raise QueueError(f"change {info.key} is already merged")
+        depends = tuple(k for v in info.depends_on if (k := depends_key(v)) is not None)
+        change = Change(
+            project=project,
+            number=number,
+            branch=info.branch,
+            revision=info.revision,
+            depends_on=depends,
+            subject=info.subject,
+        )
+        result = yield self._event(lambda gate: gate.enqueue(change))
+        return result
+
+    @defer.inlineCallbacks
+    def dequeue(self, key: str, reason: str) -> Any:
+        if self.gate is None:
+            raise QueueError("the gate is not active on this master")
+        yield self._event(lambda gate: gate.dequeue(key, reason))
+
+    def status(self) -> dict[str, Any]:
+        if self.gate is None:
+            return {"active": False, "queues": [], "waiting": [], "finished": []}
+        return {"active": True, **self.gate.status()}
+
+    # -- events -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _event(self, mutate: Any) -> Any:
+        """Apply one model event under the lock, save, then carry out its actions."""
+        yield self._lock.acquire()
+        try:
+            assert self.gate is not None
+            actions = mutate(self.gate)  # QueueError propagates, nothing changed
+            yield self._save()
+        finally:
+            self._lock.release()
+        yield self._apply(actions)
+        return actions
+
+    @defer.inlineCallbacks
+    def _save(self) -> Any:
+        assert self.gate is not None
+        yield self.setState(STATE_KEY, json.dumps(self.gate.to_json()))
+
+    @defer.inlineCallbacks
+    def _apply(self, actions: list[Action]) -> Any:
+        """Carry out actions in order, one at a time; outcomes feed back as new events."""
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            yield self._lock.acquire()
+            try:
+                more = yield self._do(action)
+                yield self._save()
+            except Exception as exc:  # an action must never wedge the gate
+                log.err(exc, f"gate: {action} failed")
+                more = []
+            finally:
+                self._lock.release()
+            pending.extend(more)
+
+    def _current(self, key: str, attempt: int, *states: State) -> Item | None:
+        assert self.gate is not None
+        item = self.gate.find(key)
+        if item is None or item.attempt != attempt or item.state not in states:
+            return None
+        return item
+
+    @defer.inlineCallbacks
+    def _do(self, action: Action) -> Any:
+        assert self.gate is not None
+        if isinstance(action, Start):
+            item = self._current(action.key, action.attempt, State.TESTING)
+            if item is None:
+                return []
+            return (yield self._start(item))
+        if isinstance(action, Cancel):
+            item = self.gate.find(action.key)
+            runs = item.info.get("runs", {}) if item else {}
+            bsid = runs.get(str(action.attempt))
+            if bsid is not None:
+                yield self._cancel(bsid, f"gate reset: attempt {action.attempt} superseded")
+            return []
+        if isinstance(action, Merge):
+            item = self._current(action.key, action.attempt, State.MERGING)
+            if item is None:
+                return []
+            return (yield self._merge(item))
+        if isinstance(action, Report):
+            project, number = action.key.rsplit("~", 1)
+            yield threads.deferToThread(
+                self.forge.set_result, project, int(number), action.status, action.reason
+            )
+            return []
+        raise TypeError(action)
+
+    @defer.inlineCallbacks
+    def _start(self, item: Item) -> Any:
+        assert self.gate is not None
+        change = item.change
+        queue = self.gate.queues[item.queue]
+        ahead = queue.ahead_of(item.key)
+        same_repo = [
+            (i.key, i.change.revision)
+            for i in ahead
+            if i.change.project == change.project and i.change.branch == change.branch
+        ]
+        repo = self.forge.repo_path(change.project)
+        workdir = Path(self.settings.workdir) / change.project
+        tip = yield threads.deferToThread(self.forge.branch_tip, change.project, change.branch)
+        result = yield threads.deferToThread(
+            forgemod.speculative_merge,
+            workdir,
+            repo,
+            change.branch,
+            tip,
+            [*same_repo, (change.key, change.revision)],
+        )
+        if result.commit is None:
+            item.info["conflict"] = result.conflict
+            return self.gate.merge_conflict(item.key, item.attempt)
+        ref = run_ref(item)
+        yield threads.deferToThread(forgemod.publish, repo, workdir, result.commit, ref)
+        ahead_info = [
+            {
+                "change": i.key,
+                "project": i.change.project,
+                "branch": i.change.branch,
+                "revision": i.change.revision,
+            }
+            for i in ahead
+        ]
+        properties = {
+            "gating_queue": item.queue,
+            "gating_change": item.key,
+            "gating_project": change.project,
+            "gating_branch": change.branch,
+            "gating_revision": change.revision,
+            "gating_attempt": item.attempt,
+            "gating_ahead": ahead_info,
+            "gating_base": tip,
+            "gating_merge_commit": result.commit,
+        }
+        item.info.update(
+            {"base": tip, "merge_commit": result.commit, "ref": ref, "ahead": ahead_info}
+        )
+        builders = list(self.settings.pipelines(change.project))
+        if not builders:
+            # Nothing to run: the change passes on merging cleanly.
+            return self.gate.job_result(item.key, item.attempt, True)
+        sourcestamp = {
+            "codebase": "",
+            "repository": str(repo),
+            "branch": ref,
+            "revision": result.commit,
+            "project": change.project,
+        }
+        bsid, _brids = yield self.addBuildsetForSourceStamps(
+            waited_for=False,
+            sourcestamps=[sourcestamp],
+            reason=f"gate {item.queue}: {item.key} attempt {item.attempt}",
+            properties=self._properties(properties),
+            builderNames=builders,
+        )
+        item.info.setdefault("runs", {})[str(item.attempt)] = bsid
+        item.info["bsid"] = bsid
+        return []
+
+    def _properties(self, values: dict[str, Any]) -> Any:
+        from buildbot.process.properties import Properties
+
+        props = Properties()
+        for key, value in values.items():
+            props.setProperty(key, value, "gate")
+        return props
+
+    @defer.inlineCallbacks
+    def _cancel(self, bsid: int, reason: str) -> Any:
+        requests = yield self.master.data.get(
+            ("buildrequests",), filters=[resultspec.Filter("buildsetid", "eq", [bsid])]
+        )
+        for request in requests or []:
+            if request["complete"]:
+                continue
+            brid = request["buildrequestid"]
+            builds = yield self.master.data.get(("buildrequests", brid, "builds"))
+            running = [b for b in builds if not b["complete"]]
+            for build in running:
+                yield self.master.data.control(
+                    "stop", {"reason": reason}, ("builds", build["buildid"])
+                )
+            if not builds:
+                yield self.master.data.control(
+                    "cancel", {"reason": reason}, ("buildrequests", brid)
+                )
+
+    @defer.inlineCallbacks
+    def _merge(self, item: Item) -> Any:
+        assert self.gate is not None
+        change = item.change
+        commit = item.info["merge_commit"]
+        tip = yield threads.deferToThread(self.forge.branch_tip, change.project, change.branch)
+        if tip != commit:
+            expected = yield threads.deferToThread(
+                forgemod.first_parent, self.forge.repo_path(change.project), commit
+            )
+            try:
+                yield threads.deferToThread(
+                    self.forge.merge, change.project, change.branch, commit, expected
+                )
+            except forgemod.BranchMoved as exc:
+                return self.gate.merge_failed(item.key, item.attempt, str(exc), retest=True)
+        item.info["merged_commit"] = commit
+        return self.gate.merged_ok(item.key, item.attempt)
+
+    def _buildset_complete(self, key: Any, msg: dict[str, Any]) -> Any:
+        if self.gate is None:
+            return None
+        found = self._run_of(msg["bsid"])
+        if found is None:
+            return None
+        item_key, attempt = found
+        passed = msg["results"] in (SUCCESS, WARNINGS)
+        reason = "" if passed else "gate pipeline failed"
+        return self._event(lambda gate: gate.job_result(item_key, attempt, passed, reason))
+
+    def _run_of(self, bsid: int) -> tuple[str, int] | None:
+        assert self.gate is not None
+        for item in self.gate.live_items():
+            for attempt, run_bsid in item.info.get("runs", {}).items():
+                if run_bsid == bsid:
+                    return item.key, int(attempt)
+        return None
