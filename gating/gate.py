@@ -73,7 +73,7 @@ class GateSettings:
     project_branches: tuple[tuple[str, tuple[str, ...]], ...]
     project_pipelines: tuple[tuple[str, tuple[str, ...]], ...]  # project -> pipeline builders
     project_seeds: tuple[tuple[str, str], ...] = ()  # project -> repository to import first
-    queue_windows: tuple[tuple[str, int], ...] = ()
+    queue_settings: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     def queues(self) -> dict[str, str]:
         return dict(self.project_queues)
@@ -139,7 +139,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self.gate = Gate.from_json(json.loads(saved), queues)
             actions = self.gate.restart_all("the master restarted")
         else:
-            self.gate = Gate.for_projects(queues, dict(self.settings.queue_windows))
+            self.gate = Gate.for_projects(
+                queues, settings={q: dict(v) for q, v in self.settings.queue_settings}
+            )
             actions = []
         self._consumer = yield self.master.mq.startConsuming(
             self._buildset_complete, ("buildsets", None, "complete")

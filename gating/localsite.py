@@ -37,6 +37,15 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def _live_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -166,7 +175,13 @@ class LocalSite:
         return self.basedir / "workers" / name
 
     def start_worker(self, name: str) -> None:
+        """Start a worker unless it is running already (it reconnects to a restarted master)."""
+        if self.worker_pid(name) is not None:
+            return
         run_checked([_bin("buildbot-worker"), "start", str(self.worker_dir(name))], env=self.env())
+
+    def worker_pid(self, name: str) -> int | None:
+        return _live_pid(self.worker_dir(name) / "twistd.pid")
 
     def stop_worker(self, name: str) -> None:
         if (self.worker_dir(name) / "twistd.pid").exists():
@@ -178,12 +193,7 @@ class LocalSite:
             )
 
     def master_pid(self) -> int | None:
-        try:
-            pid = int((self.master_dir / "twistd.pid").read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
+        return _live_pid(self.master_dir / "twistd.pid")
 
     def stop(self) -> None:
         workers = self.basedir / "workers"

@@ -206,7 +206,7 @@ def _gate_scheduler(config: GatingConfig, basedir: Path) -> list[Any]:
         project_branches=tuple((p.name, p.branches) for p in gated),
         project_pipelines=tuple((name, tuple(b)) for name, b in pipelines.items()),
         project_seeds=tuple((p.name, repository_url(p, site)) for p in gated),
-        queue_windows=site.queue_windows,
+        queue_settings=site.queue_settings,
     )
     builders = sorted({b for names in pipelines.values() for b in names})
     return [GateScheduler(name=SCHEDULER_NAME, builderNames=builders, settings=settings)]

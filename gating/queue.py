@@ -150,9 +150,35 @@ Action = Start | Cancel | Merge | Report
 
 @dataclass
 class Queue:
+    """A shared queue. The window knobs are Zuul's: it starts at ``window``, grows by
+    ``increase`` per merge up to ``ceiling`` (None: no limit) and is divided by
+    ``decrease_factor`` per failure down to ``floor``."""
+
     name: str
     window: int = WINDOW_START
     items: list[Item] = field(default_factory=list)  # live, in order
+    floor: int = WINDOW_FLOOR
+    ceiling: int | None = None
+    increase: int = WINDOW_INCREASE
+    decrease_factor: int = WINDOW_DECREASE_FACTOR
+
+    def grow(self) -> None:
+        self.window += self.increase
+        if self.ceiling is not None:
+            self.window = min(self.window, self.ceiling)
+
+    def shrink(self) -> None:
+        floor = min(self.floor, self.window)  # a queue configured narrower stays so
+        self.window = max(floor, self.window // self.decrease_factor)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "floor": self.floor,
+            "ceiling": self.ceiling,
+            "increase": self.increase,
+            "decrease_factor": self.decrease_factor,
+        }
 
     def position(self, key: str) -> int:
         for i, item in enumerate(self.items):
@@ -177,12 +203,20 @@ class Gate:
 
     @classmethod
     def for_projects(
-        cls, project_queues: dict[str, str], windows: dict[str, int] | None = None
+        cls,
+        project_queues: dict[str, str],
+        windows: dict[str, int] | None = None,
+        settings: dict[str, dict[str, Any]] | None = None,
     ) -> Gate:
-        """A new gate; ``windows`` sets a queue's starting window (default 20)."""
+        """A new gate; ``windows`` sets a queue's starting window (default 20);
+        ``settings`` any of a queue's knobs (window, floor, ceiling, increase,
+        decrease_factor)."""
         gate = cls(project_queues=dict(project_queues))
         for name in sorted(set(project_queues.values())):
-            gate.queues[name] = Queue(name, window=(windows or {}).get(name, WINDOW_START))
+            queue = Queue(name, window=(windows or {}).get(name, WINDOW_START))
+            for key, value in (settings or {}).get(name, {}).items():
+                setattr(queue, key, value)
+            gate.queues[name] = queue
         return gate
 
     # -- lookups -------------------------------------------------------------------
@@ -259,7 +293,7 @@ class Gate:
         item.history.append("merged")
         self.merged.add(item.key)
         self._finish(item)
-        queue.window += WINDOW_INCREASE
+        queue.grow()
         actions.append(Report(queue.name, item.key, "merged"))
         self._release_waiting(actions)
         self._schedule(actions)
@@ -336,8 +370,7 @@ class Gate:
         item.state = State.FAILING
         item.reason = reason
         item.history.append(f"attempt {item.attempt}: failing: {reason}")
-        floor = min(WINDOW_FLOOR, queue.window)  # a queue configured narrower stays so
-        queue.window = max(floor, queue.window // WINDOW_DECREASE_FACTOR)
+        queue.shrink()
         for other in queue.items[queue.position(item.key) + 1 :]:
             if other.state == State.FAILING:
                 continue
@@ -421,7 +454,7 @@ class Gate:
             "version": 1,
             "project_queues": dict(self.project_queues),
             "queues": {
-                name: {"window": q.window, "items": [i.to_json() for i in q.items]}
+                name: {**q.settings(), "items": [i.to_json() for i in q.items]}
                 for name, q in self.queues.items()
             },
             "waiting": [i.to_json() for i in self.waiting],
@@ -436,6 +469,9 @@ class Gate:
         for name, q in data.get("queues", {}).items():
             queue = gate.queues.setdefault(name, Queue(name))
             queue.window = q["window"]
+            for key in ("floor", "ceiling", "increase", "decrease_factor"):
+                if key in q:
+                    setattr(queue, key, q[key])
             queue.items = [Item.from_json(i) for i in q["items"]]
         gate.waiting = [Item.from_json(i) for i in data.get("waiting", [])]
         gate.finished = [Item.from_json(i) for i in data.get("finished", [])]

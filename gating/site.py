@@ -16,7 +16,9 @@
     workers: workers.yaml                # inventory file(s), relative to this directory
     pipelines: pipelines                 # folder of pipeline files, relative to this directory
     queues:
-      rdo: {window: 20}                  # a queue's starting window (default 20)
+      rdo: {window: 20}                  # Zuul's knobs: window (start, 20), window-floor (3),
+                                         # window-ceiling (none), window-increase (1),
+                                         # window-decrease-factor (2)
     projects:
       - name: nova-distgit
         repository: https://example.org/nova-distgit.git
@@ -90,7 +92,7 @@ class Site:
     workers: tuple[str, ...] = ("workers.yaml",)
     pipelines: str = "pipelines"
     projects: tuple[Project, ...] = ()
-    queue_windows: tuple[tuple[str, int], ...] = ()
+    queue_settings: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -157,7 +159,7 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
     if "projects" in f:
         kw["projects"] = _projects(r, f["projects"])
     if "queues" in f:
-        kw["queue_windows"] = _queues(r, f["queues"])
+        kw["queue_settings"] = _queues(r, f["queues"])
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -175,7 +177,17 @@ def _port(r: Reader, node: Node, key: str) -> int | str | None:
     return None
 
 
-def _queues(r: Reader, node: Node) -> tuple[tuple[str, int], ...]:
+QUEUE_KEYS = {
+    "window": "window",
+    "window-floor": "floor",
+    "window-ceiling": "ceiling",
+    "window-increase": "increase",
+    "window-decrease-factor": "decrease_factor",
+}
+
+
+def _queues(r: Reader, node: Node) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    """Zuul's window knobs per queue: window (start), floor, ceiling, increase, decrease."""
     if not node.is_map:
         r.fail(
             node, f"'queues': expected a mapping of queue names to settings, got {describe(node)}"
@@ -183,11 +195,19 @@ def _queues(r: Reader, node: Node) -> tuple[tuple[str, int], ...]:
         return ()
     out = []
     for name, settings in node.items():
-        f = r.mapping(settings, f"queue '{name}'", {"window"})
-        if f and "window" in f:
-            window = r.integer(f["window"], f"queue '{name}' 'window'", minimum=1)
-            if window is not None:
-                out.append((name, window))
+        f = r.mapping(settings, f"queue '{name}'", QUEUE_KEYS)
+        if not f:
+            continue
+        values = []
+        for key, attr in QUEUE_KEYS.items():
+            if key in f:
+                minimum = 0 if key == "window-increase" else 1
+                if key == "window-decrease-factor":
+                    minimum = 2
+                value = r.integer(f[key], f"queue '{name}' '{key}'", minimum=minimum)
+                if value is not None:
+                    values.append((attr, value))
+        out.append((name, tuple(values)))
     return tuple(out)
 
 

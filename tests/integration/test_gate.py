@@ -51,7 +51,7 @@ def start_gate_site(make_site, window: int | None = None):
     if window is not None:
         conf = site.config_dir / "gating.yaml"
         data = yaml.safe_load(conf.read_text())
-        data["queues"]["rdo"]["window"] = window
+        data["queues"]["rdo"] = {"window": window, "window-ceiling": window}
         conf.write_text(yaml.safe_dump(data))
     site.start()
     return site
@@ -221,6 +221,7 @@ def test_merge_conflict_fails_the_item_and_leaves_the_items_behind_alone(make_si
 
 
 def test_window_of_two_runs_no_more_than_two_items_at_once(make_site):
+    # window 2 with ceiling 2: merges do not widen it (Zuul's window-ceiling).
     site = start_gate_site(make_site, window=2)
     numbers = [propose(site, "nova", {f"f{i}.txt": f"{i}\n"}, f"change {i}") for i in range(5)]
     watcher = Watcher(site)
