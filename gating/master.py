@@ -18,6 +18,7 @@ from buildbot.process.factory import BuildFactory
 
 from gating import commands
 from gating.diagnostics import ConfigError
+from gating.forgepoller import CATEGORY, ForgeChangeSource
 from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
@@ -271,6 +272,16 @@ def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
                         codebases=codebases,
                     )
                 )
+        checked = [proj.name for proj in _pipeline_projects(p, site, "check") if proj.queue]
+        if checked:
+            out.append(
+                schedulers.AnyBranchScheduler(
+                    name=f"{p.name}:check",
+                    change_filter=util.ChangeFilter(category=CATEGORY, project=checked),
+                    treeStableTimer=None,
+                    builderNames=[p.name],
+                )
+            )
     out.extend(_gate_scheduler(config, basedir))
     return out
 
@@ -281,9 +292,20 @@ def _change_sources(site: Site, config: GatingConfig, basedir: Path) -> list[Any
         for p in config.pipelines
         for project in _pipeline_projects(p, site, "dist_git_commit")
     }
-    out = []
+    out: list[Any] = []
     for project in watched.values():
         out.append(_git_poller(project_url(project, site, basedir), project, site, basedir))
+    gated = tuple(p.name for p in site.projects if p.queue)
+    if gated:
+        out.append(
+            ForgeChangeSource(
+                name="forge",
+                root=str(forge_root(site, basedir)),
+                projects=gated,
+                pollInterval=site.poll_interval,
+                pollAtLaunch=True,
+            )
+        )
     return out
 
 

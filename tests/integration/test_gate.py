@@ -310,3 +310,28 @@ def test_bad_approvals_are_refused_with_a_clear_error_and_change_nothing(make_si
     assert f"change nova~{number} is already in the gate" in proc.stderr
     status = queue_json(site)
     assert [i["change"] for i in status["queues"][0]["items"]] == [f"nova~{number}"]
+
+
+def test_check_pipeline_runs_on_each_new_patchset_without_speculation(make_site):
+    site = start_gate_site(make_site)
+    good = propose(site, "ceilometer", {"ok.txt": "ok\n"}, "ceilometer: fine")
+    bad = propose(site, "ceilometer", {"FAIL_CHECK": "x\n"}, "ceilometer: breaks lint")
+    propose(site, "nova", {"n.txt": "n\n"}, "nova: not checked by this pipeline")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        builds = site.api("builds?complete=true&property=gating_change&property=branch")["builds"]
+        names = {b["builderid"]: b["name"] for b in site.api("builders")["builders"]}
+        checks = {
+            b["properties"]["gating_change"][0]: (b["properties"]["branch"][0], b["results"])
+            for b in builds
+            if names[b["builderid"]] == "check"
+        }
+        if len(checks) >= 2:
+            break
+        time.sleep(1)
+    assert checks == {
+        f"ceilometer~{good}": (f"refs/changes/{good}/1", SUCCESS),
+        f"ceilometer~{bad}": (f"refs/changes/{bad}/1", FAILURE),
+    }
+    # Checking is not gating: nothing entered a queue.
+    assert all(not q["items"] for q in queue_json(site)["queues"])
