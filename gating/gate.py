@@ -117,6 +117,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self.gate.project_queues = settings.queues()
             for name in set(settings.queues().values()) - set(self.gate.queues):
                 self.gate.queues[name] = Queue(name)
+            self._apply_queue_settings()
         yield super().reconfigService(builderNames=builderNames, **kwargs)
 
     gate: Gate | None = None
@@ -137,6 +138,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         queues = self.settings.queues()
         if saved:
             self.gate = Gate.from_json(json.loads(saved), queues)
+            self._apply_queue_settings()
             actions = self.gate.restart_all("the master restarted")
         else:
             self.gate = Gate.for_projects(
@@ -155,6 +157,20 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self._consumer = None
         yield self._lock.run(lambda: None)
         yield super().deactivate()
+
+    def _apply_queue_settings(self) -> None:
+        """The configuration's window knobs win over saved ones; the current window is kept
+        (within the ceiling)."""
+        assert self.gate is not None
+        for name, knobs in self.settings.queue_settings:
+            queue = self.gate.queues.get(name)
+            if queue is None:
+                continue
+            for key, value in knobs:
+                if key != "window":
+                    setattr(queue, key, value)
+            if queue.ceiling is not None:
+                queue.window = min(queue.window, queue.ceiling)
 
     # -- requests from people (API) ------------------------------------------------------
 
@@ -249,7 +265,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 return []
             return (yield self._start(item))
         if isinstance(action, Cancel):
-            item = self.gate.find(action.key)
+            # The item may have left the queue in the same event (dequeued, failed dependent).
+            item = self.gate.find(action.key) or next(
+                (i for i in reversed(self.gate.finished) if i.key == action.key), None
+            )
             runs = item.info.get("runs", {}) if item else {}
             bsid = runs.get(str(action.attempt))
             if bsid is not None:
