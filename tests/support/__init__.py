@@ -1,0 +1,1 @@
+"""Test servers that speak real wire protocols on loopback (Gerrit's REST API, ...)."""
