@@ -25,13 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from buildbot.changes.filter import ChangeFilter
 from buildbot.data import resultspec
+from buildbot.process.properties import Secret
 from buildbot.process.results import SUCCESS, WARNINGS
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, threads
 from twisted.python import log
 
 from gating import forge as forgemod
+from gating import gerrit as gerritmod
+from gating.gerrit import GerritForge
 from gating.queue import (
     Action,
     Cancel,
@@ -49,17 +53,21 @@ from gating.queue import (
 SCHEDULER_NAME = "gate"
 STATE_KEY = "gate"
 
-_DEPENDS_URL_RE = re.compile(r"/(?:c/)?([A-Za-z0-9._+-]+)/\+/(\d+)/?$")
+_DEPENDS_URL_RE = re.compile(r"/c/([A-Za-z0-9._+/-]+?)/\+/(\d+)/?$|/([A-Za-z0-9._+-]+)/\+/(\d+)/?$")
 _DEPENDS_KEY_RE = re.compile(r"^([A-Za-z0-9._+-]+)[~/](\d+)$")
 
 
 def depends_key(value: str) -> str | None:
     """``nova~3``, ``nova/3`` or a Gerrit-style URL ``.../c/nova/+/3`` -> ``nova~3``."""
     value = value.strip()
-    for pattern in (_DEPENDS_KEY_RE, _DEPENDS_URL_RE):
-        found = pattern.search(value) if pattern is _DEPENDS_URL_RE else pattern.match(value)
-        if found:
-            return f"{found.group(1)}~{int(found.group(2))}"
+    found = _DEPENDS_KEY_RE.match(value)
+    if found:
+        return f"{found.group(1)}~{int(found.group(2))}"
+    found = _DEPENDS_URL_RE.search(value)
+    if found:
+        project = found.group(1) or found.group(3)
+        number = found.group(2) or found.group(4)
+        return f"{project}~{int(number)}"
     return None
 
 
@@ -73,6 +81,13 @@ class GateSettings:
     project_branches: tuple[tuple[str, tuple[str, ...]], ...]
     project_pipelines: tuple[tuple[str, tuple[str, ...]], ...]  # project -> pipeline builders
     project_seeds: tuple[tuple[str, str], ...] = ()  # project -> repository to import first
+    # Gerrit instead of the embedded forge, when gerrit_url is set.
+    gerrit_url: str = ""
+    gerrit_user: str = ""
+    gerrit_password_secret: str = ""
+    gerrit_approvals: tuple[tuple[str, int], ...] = ()
+    gerrit_git_url: str | None = None
+    mirror_root: str = ""
     queue_settings: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     def queues(self) -> dict[str, str]:
@@ -105,7 +120,18 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self, builderNames: list[str], settings: GateSettings, **kwargs: Any
     ) -> Any:
         self.settings = settings
-        self.forge = forgemod.LocalForge(Path(settings.forge_root))
+        if settings.gerrit_url:
+            password = yield self.renderSecrets(Secret(settings.gerrit_password_secret))
+            self.forge = GerritForge(
+                settings.gerrit_url,
+                settings.gerrit_user,
+                password,
+                Path(settings.mirror_root),
+                approval_rule=dict(settings.gerrit_approvals) or None,
+                git_url=settings.gerrit_git_url,
+            )
+        else:
+            self.forge = forgemod.LocalForge(Path(settings.forge_root))
         for project, seed in settings.project_seeds:
             yield threads.deferToThread(
                 self.forge.ensure_project,
@@ -148,6 +174,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._consumer = yield self.master.mq.startConsuming(
             self._buildset_complete, ("buildsets", None, "complete")
         )
+        if self.settings.gerrit_url:
+            yield self.startConsumingChanges(
+                change_filter=ChangeFilter(category="comment-added", project=list(queues))
+            )
         yield self._apply(actions)
 
     @defer.inlineCallbacks
@@ -189,6 +219,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
             )
         if info.status == "merged":
             raise QueueError(f"change {info.key} is already merged")
+        if getattr(info, "gerrit_status", "") == "ABANDONED":
+            raise QueueError(f"change {info.key} is abandoned")
         depends = tuple(k for v in info.depends_on if (k := depends_key(v)) is not None)
         change = Change(
             project=project,
@@ -206,6 +238,23 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self.gate is None:
             raise QueueError("the gate is not active on this master")
         yield self._event(lambda gate: gate.dequeue(key, reason))
+
+    @defer.inlineCallbacks
+    def gotChange(self, change: Any, important: bool) -> Any:
+        """A Gerrit review (comment-added): enqueue the change once the approval rule holds.
+        The event carries only its author's votes, so all votes are read back over REST."""
+        approvals = gerritmod.approvals_from_change_properties(change.properties)
+        rule = dict(self.settings.gerrit_approvals) or gerritmod.DEFAULT_RULE
+        if not any(a.get("type") in rule for a in approvals):
+            return
+        number = int(change.properties.getProperty("event.change.number"))
+        ok = yield threads.deferToThread(self.forge.is_approved, change.project, number)
+        if not ok:
+            return
+        try:
+            yield self.approve(change.project, number)
+        except (QueueError, forgemod.ForgeError) as exc:
+            log.msg(f"gate: not enqueuing {change.project}~{number}: {exc}")
 
     def status(self) -> dict[str, Any]:
         if self.gate is None:
@@ -403,6 +452,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 )
             except forgemod.BranchMoved as exc:
                 return self.gate.merge_failed(item.key, item.attempt, str(exc), retest=True)
+            except forgemod.ForgeError as exc:  # e.g. Gerrit refused the submit (409)
+                return self.gate.merge_failed(item.key, item.attempt, str(exc), retest=False)
         item.info["merged_commit"] = commit
         return self.gate.merged_ok(item.key, item.attempt)
 

@@ -20,6 +20,7 @@ from gating import commands
 from gating.diagnostics import ConfigError
 from gating.forgepoller import CATEGORY, ForgeChangeSource
 from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
+from gating.gerritpoller import HANDLED_EVENTS, SecretGerritEventLogPoller
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 from gating.plan import builder_name, coordinator_names, sorted_builders
@@ -190,6 +191,26 @@ def project_url(project: Project, site: Site, basedir: Path) -> str:
     return repository_url(project, site)
 
 
+def _gerrit_settings(site: Site, basedir: Path) -> dict[str, Any]:
+    if site.gerrit is None:
+        return {}
+    return {
+        "gerrit_url": site.gerrit.url,
+        "gerrit_user": site.gerrit.user,
+        "gerrit_password_secret": site.gerrit.password_secret,
+        "gerrit_approvals": site.gerrit.approvals,
+        "gerrit_git_url": site.gerrit.git_url,
+        "mirror_root": str(basedir / "gerrit-mirror"),
+    }
+
+
+def project_url_for(project: Project, site: Site, basedir: Path) -> str:
+    """Where workers and pollers fetch a gated project from (forge or Gerrit mirror)."""
+    if project.queue and site.gerrit is not None:
+        return str(basedir / "gerrit-mirror" / f"{project.name}.git")
+    return project_url(project, site, basedir)
+
+
 def _gate_scheduler(config: GatingConfig, basedir: Path) -> list[Any]:
     site = config.site
     assert site is not None
@@ -208,6 +229,7 @@ def _gate_scheduler(config: GatingConfig, basedir: Path) -> list[Any]:
         project_pipelines=tuple((name, tuple(b)) for name, b in pipelines.items()),
         project_seeds=tuple((p.name, repository_url(p, site)) for p in gated),
         queue_settings=site.queue_settings,
+        **_gerrit_settings(site, basedir),
     )
     builders = sorted({b for names in pipelines.values() for b in names})
     return [GateScheduler(name=SCHEDULER_NAME, builderNames=builders, settings=settings)]
@@ -256,7 +278,7 @@ def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
                 codebases = (
                     {
                         "": {
-                            "repository": project_url(project, site, basedir),
+                            "repository": project_url_for(project, site, basedir),
                             "branch": project.branches[0],
                         }
                     }
@@ -294,9 +316,24 @@ def _change_sources(site: Site, config: GatingConfig, basedir: Path) -> list[Any
     }
     out: list[Any] = []
     for project in watched.values():
-        out.append(_git_poller(project_url(project, site, basedir), project, site, basedir))
+        out.append(_git_poller(project_url_for(project, site, basedir), project, site, basedir))
     gated = tuple(p.name for p in site.projects if p.queue)
-    if gated:
+    if gated and site.gerrit is not None:
+        out.append(
+            SecretGerritEventLogPoller(
+                name="gerrit",
+                baseURL=site.gerrit.url.rstrip("/") + "/a",
+                auth=(site.gerrit.user, site.gerrit.password_secret),
+                handled_events=list(HANDLED_EVENTS),
+                gitBaseURL=(site.gerrit.git_url or site.gerrit.url + "/a/{project}")
+                .split("{project}")[0]
+                .rstrip("/"),
+                pollInterval=site.poll_interval,
+                pollAtLaunch=True,
+                get_files=False,
+            )
+        )
+    elif gated:
         out.append(
             ForgeChangeSource(
                 name="forge",

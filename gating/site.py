@@ -60,6 +60,7 @@ SITE_KEYS = frozenset(
         "pipelines",
         "projects",
         "queues",
+        "gerrit",
     }
 )
 PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
@@ -73,6 +74,20 @@ class Project:
     branches: tuple[str, ...] = ("main",)
     queue: str | None = None
     mark: Mark = field(default=Mark("<none>"), compare=False)
+
+
+@dataclass(frozen=True)
+class Gerrit:
+    """Gated projects live on this Gerrit instead of the embedded forge."""
+
+    url: str
+    user: str
+    password_secret: str = "gerrit-password"
+    approvals: tuple[tuple[str, int], ...] = (("Code-Review", 2), ("Workflow", 1))
+    git_url: str | None = None  # template with {project}; default Gerrit's HTTP git
+
+
+GERRIT_KEYS = frozenset({"url", "user", "password-secret", "approvals", "git-url"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,7 @@ class Site:
     pipelines: str = "pipelines"
     projects: tuple[Project, ...] = ()
     queue_settings: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    gerrit: Gerrit | None = None
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -160,6 +176,8 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         kw["projects"] = _projects(r, f["projects"])
     if "queues" in f:
         kw["queue_settings"] = _queues(r, f["queues"])
+    if "gerrit" in f:
+        kw["gerrit"] = _gerrit(r, f["gerrit"])
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -175,6 +193,41 @@ def _port(r: Reader, node: Node, key: str) -> int | str | None:
         f"such as 'tcp:8010:interface=127.0.0.1', got {describe(node)}",
     )
     return None
+
+
+def _gerrit(r: Reader, node: Node) -> Gerrit | None:
+    f = r.mapping(node, "'gerrit'", GERRIT_KEYS, required=("url", "user"))
+    if not f or "url" not in f or "user" not in f:
+        return None
+    url = r.string(f["url"], "gerrit 'url'")
+    if url is not None and not url.startswith(("http://", "https://")):
+        r.fail(f["url"], "gerrit 'url': expected an http:// or https:// URL")
+        url = None
+    user = r.string(f["user"], "gerrit 'user'")
+    kw: dict[str, object] = {}
+    if "password-secret" in f:
+        secret = r.string(f["password-secret"], "gerrit 'password-secret'")
+        if secret is not None:
+            kw["password_secret"] = secret
+    if "git-url" in f:
+        kw["git_url"] = r.string(f["git-url"], "gerrit 'git-url'")
+    if "approvals" in f:
+        labels = f["approvals"]
+        if not labels.is_map:
+            r.fail(
+                labels,
+                "gerrit 'approvals': expected a mapping of labels to votes, "
+                f"got {describe(labels)}",
+            )
+        else:
+            kw["approvals"] = tuple(
+                (label, vote)
+                for label, value in labels.items()
+                if (vote := r.integer(value, f"gerrit approval '{label}'")) is not None
+            )
+    if url is None or user is None:
+        return None
+    return Gerrit(url, user, **kw)  # type: ignore[arg-type]
 
 
 QUEUE_KEYS = {

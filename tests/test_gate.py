@@ -18,6 +18,7 @@ from gating.queue import Change, Item
         ("https://review.example.org/c/nova/+/3", "nova~3"),
         ("https://review.example.org/c/nova/+/3/", "nova~3"),
         ("https://review.example.org/nova/+/17", "nova~17"),
+        ("https://review.example.org/c/rpms/nova/+/3", "rpms/nova~3"),
         ("I0123456789abcdef0123456789abcdef01234567", None),
         ("$(rm -rf /)~3", None),
         ("", None),
