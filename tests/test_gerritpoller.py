@@ -16,5 +16,6 @@ def test_configured_with_a_secret_name_not_a_password():
         baseURL="http://127.0.0.1:1/a",
         auth=("gate", "gerrit-password"),
         handled_events=list(HANDLED_EVENTS),
+        gitBaseURL="/srv/gerrit/git",
     )
     assert poller.name == "gerrit"
