@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,6 +429,27 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 # -- the forge ---------------------------------------------------------------------------
 
 
+def create_bare_repo(path: Path, prepare: Callable[[Path], None]) -> Path:
+    """Create a bare repository at ``path`` atomically: initialise and ``prepare`` it in a
+    temporary directory beside it, then rename it into place (another process that got
+    there first wins, and its repository is used)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would lock out the other users (workers) of it
+    try:
+        _run(["init", "--quiet", "--bare", "--template=", str(tmp)], what="git init")
+        prepare(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / "HEAD").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 class LocalForge:
     """Bare repositories ``<root>/<project>.git`` and the changes proposed to them."""
 
@@ -461,10 +482,8 @@ class LocalForge:
             check_branch(branch, project)
         self.root.mkdir(parents=True, exist_ok=True)
         if not (path / "HEAD").is_file():
-            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{project}.git.tmp-"))
-            tmp.chmod(0o755)  # mkdtemp's 0700 would lock out other users of the forge
-            try:
-                _run(["init", "--quiet", "--bare", "--template=", str(tmp)], what="git init")
+
+            def prepare(tmp: Path) -> None:
                 if seed is not None:
                     seed_path = Path(seed).resolve()
                     _run(
@@ -484,15 +503,8 @@ class LocalForge:
                 if head:
                     _run(["symbolic-ref", "HEAD", f"refs/heads/{head}"], git_dir=tmp)
                 self._configure(tmp, project)
-                try:
-                    os.rename(tmp, path)
-                except OSError:
-                    if not (path / "HEAD").is_file():
-                        raise
-                    # Another process created it first: use theirs.
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+
+            create_bare_repo(path, prepare)
         self._configure(path, project)
         return path
 

@@ -34,8 +34,6 @@ import base64
 import json
 import logging
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -431,25 +429,16 @@ class GerritForge:
         path = self.repo_path(project)
         if (path / "HEAD").is_file():
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        tmp.chmod(0o755)  # workers (other users) read the mirror
-        try:
-            forgemod._run(["init", "--quiet", "--bare", "--template=", str(tmp)], what="git init")
+
+        def prepare(tmp: Path) -> None:
             for key, value in [
                 ("uploadpack.allowReachableSHA1InWant", "true"),
                 ("core.logAllRefUpdates", "false"),
                 ("gc.autoDetach", "false"),
             ]:
                 forgemod._run(["config", key, value], git_dir=tmp)
-            try:
-                tmp.rename(path)
-            except OSError:
-                if not (path / "HEAD").is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        forgemod.create_bare_repo(path, prepare)
         return path
 
     def sync(self, project: str, extra_refs: Iterable[str] = ()) -> Path:
