@@ -19,3 +19,31 @@ def test_configured_with_a_secret_name_not_a_password():
         gitBaseURL="/srv/gerrit/git",
     )
     assert poller.name == "gerrit"
+
+
+def event(ts: int, kind: str = "comment-added", number: int = 1) -> bytes:
+    import json
+
+    return json.dumps({"type": kind, "eventCreatedOn": ts, "change": {"number": number}}).encode()
+
+
+def test_events_of_the_last_second_are_not_handled_twice():
+    from gating.gerritpoller import fresh_lines
+
+    first = [event(100), event(101), event(101, number=2)]
+    lines, seen = fresh_lines(first, set())
+    assert lines == first
+    assert {ts for ts, _ in seen} == {101}
+    # The next poll answers everything at or after second 101 again, plus a new event.
+    again = [event(101), event(101, number=2), event(101, number=3), event(102)]
+    lines, seen = fresh_lines(again, seen)
+    assert lines == [event(101, number=3), event(102)]
+    assert {ts for ts, _ in seen} == {102}
+
+
+def test_bad_lines_are_passed_on_for_the_stock_poller_to_report():
+    from gating.gerritpoller import fresh_lines
+
+    lines, seen = fresh_lines([b"not json", b'{"type": "x"}'], set())
+    assert lines == [b"not json", b'{"type": "x"}']
+    assert seen == set()
