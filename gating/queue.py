@@ -76,6 +76,7 @@ class Item:
     attempt: int = 0
     ahead: list[str] = field(default_factory=list)  # keys its current attempt is tested on
     passed: bool = False
+    export: str = ""  # the serial export section: "", "waiting", "holding", "landed", "failed"
     reason: str = ""
     history: list[str] = field(default_factory=list)  # one line per event, for people
     info: dict[str, Any] = field(default_factory=dict)  # glue's data (merge commit, build ids)
@@ -101,6 +102,7 @@ class Item:
             attempt=data["attempt"],
             ahead=list(data["ahead"]),
             passed=data["passed"],
+            export=data.get("export", ""),
             reason=data["reason"],
             history=list(data.get("history", [])),
             info=dict(data.get("info", {})),
@@ -390,6 +392,51 @@ class Gate:
         item.state = State.QUEUED
         item.passed = False
         item.ahead = []
+        if item.export in ("waiting", "holding"):
+            item.export = ""
+
+    # -- the serial export section (an ordered lock) ------------------------------------
+
+    def export_request(self, key: str, attempt: int) -> bool:
+        """``key``'s attempt asks to enter its queue's export section; True if it may now.
+        It enters only when no item of the queue holds the section and every live,
+        non-failing item ahead of it has landed its export: exports land in gate order."""
+        item = self.find(key)
+        if item is None or item.attempt != attempt or item.state != State.TESTING:
+            return False
+        if item.export == "holding":
+            return True
+        if item.export != "waiting":
+            item.export = "waiting"
+            item.history.append(f"attempt {attempt}: waiting for the export section")
+        return key in self.export_grants()
+
+    def export_finished(self, key: str, attempt: int, landed: bool) -> list[str]:
+        """The section of ``key`` ended; returns the keys now let in."""
+        item = self.find(key)
+        if item is not None and item.attempt == attempt and item.export == "holding":
+            item.export = "landed" if landed else "failed"
+            item.history.append(f"attempt {attempt}: export {'landed' if landed else 'failed'}")
+        return self.export_grants()
+
+    def export_grants(self) -> list[str]:
+        """Let the next waiting item of each queue into a free section (call after every
+        event: a failing or dequeued item ahead may have unblocked one)."""
+        granted: list[str] = []
+        for queue in self.queues.values():
+            live = [i for i in queue.items if i.state != State.FAILING]
+            if any(i.export == "holding" and i.state == State.TESTING for i in live):
+                continue
+            for position, item in enumerate(live):
+                if item.export == "waiting" and item.state == State.TESTING:
+                    if all(
+                        i.export == "landed" or i.state == State.MERGING for i in live[:position]
+                    ):
+                        item.export = "holding"
+                        item.history.append(f"attempt {item.attempt}: holding the export section")
+                        granted.append(item.key)
+                    break
+        return granted
 
     def _release_waiting(self, actions: list[Action]) -> None:
         """Move waiting items whose dependencies are satisfied into their queues."""

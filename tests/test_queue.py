@@ -1572,3 +1572,58 @@ def test_random_event_sequences_keep_every_invariant():
         "stale",
     ):
         assert totals[kind] > 100, (kind, dict(totals))
+
+
+# -- the serial export section ----------------------------------------------------------
+
+
+def attempt(gate: Gate, c: Change) -> int:
+    return gate.item(c.key).attempt
+
+
+def test_exports_land_in_gate_order_even_when_the_item_behind_asks_first():
+    gate = seed_gate()
+    assert gate.export_request(B.key, attempt(gate, B)) is False  # A has not landed
+    assert gate.item(B.key).export == "waiting"
+    assert gate.export_request(A.key, attempt(gate, A)) is True
+    assert gate.export_request(C.key, attempt(gate, C)) is False
+    assert gate.export_finished(A.key, attempt(gate, A), landed=True) == [B.key]
+    assert gate.item(B.key).export == "holding"
+    assert gate.export_finished(B.key, attempt(gate, B), landed=True) == [C.key]
+    assert [gate.item(c.key).export for c in (A, B, C)] == ["landed", "landed", "holding"]
+
+
+def test_one_holder_per_queue_and_queues_are_independent():
+    gate = new_gate()
+    gate.enqueue(A)
+    gate.enqueue(K)  # keystone has its own queue
+    assert gate.export_request(A.key, attempt(gate, A)) is True
+    assert gate.export_request(K.key, attempt(gate, K)) is True
+
+
+def test_a_failing_holder_frees_the_section_and_the_reset_item_behind_asks_again():
+    gate = seed_gate()
+    assert gate.export_request(A.key, attempt(gate, A)) is True
+    assert gate.export_request(B.key, attempt(gate, B)) is False
+    fails(gate, A, "export failed")
+    # B was tested on top of A: reset, its wait forgotten; it asks again on its new attempt.
+    assert gate.item(B.key).export == ""
+    assert gate.export_grants() == []
+    assert gate.export_request(B.key, attempt(gate, B)) is True
+
+
+def test_stale_attempts_and_items_not_testing_get_no_section():
+    gate = seed_gate()
+    assert gate.export_request(A.key, attempt(gate, A) + 1) is False
+    assert gate.export_request("nova~999", 1) is False
+    passes(gate, A)  # A is merging now
+    assert gate.export_request(A.key, attempt(gate, A)) is False
+
+
+def test_export_state_survives_a_restart():
+    gate = seed_gate()
+    gate.export_request(A.key, attempt(gate, A))
+    gate.export_request(B.key, attempt(gate, B))
+    restored = roundtrip(gate)
+    assert [restored.item(c.key).export for c in (A, B, C)] == ["holding", "waiting", ""]
+    assert restored.export_finished(A.key, attempt(restored, A), landed=True) == [B.key]
