@@ -290,7 +290,9 @@ def _printable(text: str, limit: int = 200) -> str:
 # -- running git -------------------------------------------------------------------------
 
 
-def _env(scratch: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+def git_env(scratch: bool = True, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every git command of the project runs in: no variable pointing git
+    elsewhere, no system or user configuration (hooks, filters, URL rewriting...)."""
     drop = _LOCATION_VARS + (_QUARANTINE_VARS if scratch else ())
     env = {
         k: v
@@ -328,7 +330,7 @@ def _run(
         cwd=cwd,
         input=input,
         capture_output=True,
-        env=env if env is not None else _env(scratch=git_dir is None),
+        env=env if env is not None else git_env(scratch=git_dir is None),
         check=False,
     )
     if check and proc.returncode != 0:
@@ -790,7 +792,7 @@ def _scratch_git(
     env: dict[str, str] | None = None,
     what: str = "",
 ) -> subprocess.CompletedProcess[bytes]:
-    return _run(args, cwd=clone, check=check, env=env or _env(scratch=True), what=what)
+    return _run(args, cwd=clone, check=check, env=env or git_env(scratch=True), what=what)
 
 
 def _prepare_scratch(clone: Path) -> None:
@@ -892,7 +894,7 @@ def speculative_merge(
                     None, conflict=key, base=base, detail=f"{rev} shares no history with {head}"
                 )
             when = f"@{max(_commit_time(clone, head), _commit_time(clone, rev))} +0000"
-            env = _env(
+            env = git_env(
                 scratch=True,
                 extra={
                     "GIT_AUTHOR_NAME": MERGE_NAME,
@@ -952,7 +954,7 @@ def publish(repo: str | Path, workdir: Path, commit: str, ref: str) -> None:
         _scratch_git(
             clone,
             ["push", "--quiet", "--no-verify", source, f"+{commit}:{ref}"],
-            env=_env(scratch=True, extra={INTERNAL_ENV: "1"}),
+            env=git_env(scratch=True, extra={INTERNAL_ENV: "1"}),
             what=f"publishing {commit} as {ref} in {source}",
         )
 

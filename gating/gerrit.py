@@ -415,7 +415,7 @@ class GerritForge:
                     "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
                 }
             )
-        return forgemod._env(scratch=True, extra=extra)
+        return forgemod.git_env(scratch=True, extra=extra)
 
     def _git(self, git_dir: Path, args: list[str], what: str, url: str = "") -> None:
         proc = forgemod._run(

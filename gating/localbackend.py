@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gating.forge import git_env
+
 # Package, tag, overlay names: what RPM names and koji tag names use, without path separators.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 # Version and release: no '-' (it separates the NVR), no '/'.
@@ -78,22 +80,6 @@ LOG = "build.log"
 PACKAGES = "Packages"
 LOG_TAIL_LINES = 40
 GIT_TIMEOUT = 600.0
-
-# Variables that would point git somewhere else than the repositories we name.
-_GIT_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_QUARANTINE_PATH",
-)
 
 
 class BackendError(Exception):
@@ -268,22 +254,6 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _git_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _GIT_LOCATION_VARS
-        and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
-    }
-    # Nothing from the user's or the system's git configuration (hooks, filters, URL
-    # rewriting...) applies to a build checkout.
-    env["GIT_CONFIG_NOSYSTEM"] = "1"
-    env["GIT_CONFIG_GLOBAL"] = os.devnull
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env["LC_ALL"] = "C"
-    return env
 
 
 def _rpm_env() -> dict[str, str]:
@@ -636,7 +606,7 @@ class LocalBackend:
 
     def _checkout(self, package: str, repo: str, commit: str, work: Path, log: BinaryIO) -> Path:
         checkout = work / "checkout"
-        env = _git_env()
+        env = git_env()
         git = ["git", "-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"]
         init = [*git, "init", "-q", "--template=", str(checkout)]
         fetch = [*git, "-C", str(checkout), "fetch", "-q", "--no-tags", "--", repo]
