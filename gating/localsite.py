@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,19 @@ def _live_pid(pidfile: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid
+
+
+def _reap(pid: int, alive: Any, grace: float = 30) -> None:
+    """Wait for a stopped daemon to exit; kill it if it does not (a clean shutdown can hang,
+    e.g. on a server that went away first), so no master outlives its site."""
+    deadline = time.monotonic() + grace
+    while alive() == pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive() == pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def free_port() -> int:
@@ -184,13 +198,18 @@ class LocalSite:
         return _live_pid(self.worker_dir(name) / "twistd.pid")
 
     def stop_worker(self, name: str) -> None:
-        if (self.worker_dir(name) / "twistd.pid").exists():
-            subprocess.run(
-                [_bin("buildbot-worker"), "stop", str(self.worker_dir(name))],
-                env=self.env(),
-                capture_output=True,
-                timeout=60,
-            )
+        pid = self.worker_pid(name)
+        if pid is not None:
+            try:
+                subprocess.run(
+                    [_bin("buildbot-worker"), "stop", str(self.worker_dir(name))],
+                    env=self.env(),
+                    capture_output=True,
+                    timeout=60,
+                )
+            except subprocess.TimeoutExpired:
+                pass
+            _reap(pid, lambda: self.worker_pid(name))
 
     def master_pid(self) -> int | None:
         return _live_pid(self.master_dir / "twistd.pid")
@@ -199,13 +218,18 @@ class LocalSite:
         workers = self.basedir / "workers"
         for wdir in sorted(workers.iterdir()) if workers.exists() else []:
             self.stop_worker(wdir.name)
-        if self.master_pid() is not None:
-            subprocess.run(
-                [_bin("buildbot"), "stop", str(self.master_dir)],
-                env=self.env(),
-                capture_output=True,
-                timeout=120,
-            )
+        pid = self.master_pid()
+        if pid is not None:
+            try:
+                subprocess.run(
+                    [_bin("buildbot"), "stop", str(self.master_dir)],
+                    env=self.env(),
+                    capture_output=True,
+                    timeout=120,
+                )
+            except subprocess.TimeoutExpired:
+                pass
+            _reap(pid, self.master_pid)
 
     def reconfig(self) -> subprocess.CompletedProcess:
         """``buildbot reconfig``: sends SIGHUP and waits for the master's verdict."""

@@ -14,16 +14,18 @@ from tests.integration.test_gate import queue_json, wait_until_finished
 from tests.support.gerrit_server import GerritTestServer
 
 
-@pytest.fixture
-def gerrit(tmp_path):
-    server = GerritTestServer(tmp_path / "gerrit", user="gate", password="s3cret-gerrit-pw")
+@pytest.fixture(scope="module")
+def gerrit(tmp_path_factory):
+    # Module-scoped and requested before make_site: the masters stop before Gerrit does.
+    root = tmp_path_factory.mktemp("gerrit-server")
+    server = GerritTestServer(root / "gerrit", user="gate", password="s3cret-gerrit-pw")
     server.start()
     server.create_project("nova", ["main"], {"nova.spec": "Name: openstack-nova\n"})
     yield server
     server.stop()
 
 
-def test_approval_enqueues_success_submits_failure_votes_verified_minus_one(make_site, gerrit):
+def test_approval_enqueues_success_submits_failure_votes_verified_minus_one(gerrit, make_site):
     site = make_site("gerrit", start=False)
     conf = site.config_dir / "gating.yaml"
     data = yaml.safe_load(conf.read_text())
