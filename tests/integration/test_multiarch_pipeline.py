@@ -77,8 +77,14 @@ def test_aarch64_job_consumes_x86_64_output_through_the_master(site):
     }
     build = builds["passing/build/x86_64"][0]
     test_arm = builds["passing/test-arm/aarch64"][0]
-    assert test_arm["started_at"] >= build["complete_at"]
+    # Whole seconds, and Buildbot writes a build's complete_at after its requests completed
+    # (which is what lets the next job start): allow one second.
+    assert test_arm["started_at"] >= build["complete_at"] - 1
     assert "artifact: built on x86_64 by the gate" in site.step_log(test_arm["buildid"], "run")
+    # The order is exact in the pipeline's own log: test-arm started after build passed.
+    log = site.step_log(run["buildid"], "run-pipeline", "pipeline").splitlines()
+    finished = [i for i, line in enumerate(log) if line.startswith("build[0]@x86_64 on ")]
+    assert finished and "success" in log[finished[0]]
     assert site.properties(test_arm["buildid"])["workername"] == "test-aarch64"
 
     # The artifact really went through the master's store.
@@ -92,7 +98,7 @@ def test_aarch64_job_consumes_x86_64_output_through_the_master(site):
     assert content == "built on x86_64 by the gate\n"
     # Report ran on both arches only after both stage-2 jobs passed.
     for name in ("passing/report/x86_64", "passing/report/aarch64"):
-        assert builds[name][0]["started_at"] >= test_arm["complete_at"]
+        assert builds[name][0]["started_at"] >= test_arm["complete_at"] - 1
 
 
 def test_every_job_instance_ran_on_a_worker_of_its_arch(site):
