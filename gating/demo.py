@@ -2,11 +2,15 @@
 
 Creates (once) under ``.gating-demo/``: the demo configuration, a git repository for
 the sample project, a master on SQLite and one local worker per pool; starts them; then
-commits to the sample project so a newcomer sees the sample pipeline run in the web UI.
+proposes a change to the sample project (``git push HEAD:refs/for/main`` to the embedded
+forge) and approves it, so a newcomer sees the gate run in the web UI: a scratch build on
+a worker, an install test from its overlay repository, the export of the RPM into the
+local ``demo`` repository, and the merge; the merge then runs the ``sample`` pipeline.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -46,14 +50,23 @@ def ensure_sample_repo(basedir: Path) -> Path:
     return repo
 
 
-def commit_change(repo: Path) -> str:
-    """A new commit on the sample project: the poller turns it into a pipeline run."""
+def propose_change(site: LocalSite) -> int:
+    """A developer's change to the sample project, pushed for review to the embedded
+    forge; its change number."""
+    work = site.basedir / "work" / f"sample-distgit-{time.monotonic_ns()}"
+    run_checked(
+        ["git", "clone", "--quiet", str(site.master_dir / "git" / "sample-distgit.git"), str(work)]
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    notes = repo / "NOTES"
-    notes.write_text(f"demo run requested at {stamp}\n")
-    _git(repo, "add", "NOTES")
-    _git(repo, "commit", "--quiet", "-m", f"Demo change at {stamp}")
-    return _git(repo, "rev-parse", "HEAD").strip()
+    (work / "NOTES").write_text(f"demo change proposed at {stamp}\n")
+    _git(work, "add", "NOTES")
+    _git(work, "commit", "--quiet", "-m", f"Demo change at {stamp}")
+    proc = run_checked(["git", "-C", str(work), "push", "origin", "HEAD:refs/for/main"])
+    text = proc.stdout + proc.stderr
+    found = re.search(r"change sample-distgit~(\d+)", text)
+    if not found:
+        raise RuntimeError(f"the forge did not name the change: {text.strip()}")
+    return int(found.group(1))
 
 
 def run(basedir: str, port: int = 8010, pb_port: int = 9989) -> int:
@@ -72,13 +85,14 @@ def run(basedir: str, port: int = 8010, pb_port: int = 9989) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         site.start()
-        # The poller records the branch tip at start-up; a commit after that is a change.
-        time.sleep(2)
-        revision = commit_change(base / "repos" / "sample-distgit")
+        number = propose_change(site)
+        site.approve("sample-distgit", number)
         print(
             f"demo: master and workers are up; web UI on {site.url}\n"
-            f"demo: committed {revision[:12]} to sample-distgit: the 'sample' pipeline runs "
-            "within a few seconds (see Builds > Builders)\n"
+            f"demo: proposed and approved sample-distgit~{number}: the gate builds it, tests "
+            "it, exports its RPM to the 'demo' repository "
+            f"({site.url}/plugins/gating/repos/tags/demo/) and merges it; "
+            "see Builds > Builders and `gating queue`\n"
             f"demo: plan: gating plan {site.config_dir}\n"
             "demo: press Ctrl-C to stop",
             flush=True,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +31,7 @@ from buildbot.data import resultspec
 from buildbot.process.properties import Secret
 from buildbot.process.results import SUCCESS, WARNINGS
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
 from twisted.python import log
 
 from gating import forge as forgemod
@@ -52,6 +53,7 @@ from gating.queue import (
 
 SCHEDULER_NAME = "gate"
 STATE_KEY = "gate"
+HOLDS_FILE = "export-holds.jsonl"  # one line per export section: when it was held
 
 _DEPENDS_URL_RE = re.compile(r"/c/([A-Za-z0-9._+/-]+?)/\+/(\d+)/?$|/([A-Za-z0-9._+-]+)/\+/(\d+)/?$")
 _DEPENDS_KEY_RE = re.compile(r"^([A-Za-z0-9._+-]+)[~/](\d+)$")
@@ -152,6 +154,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lock = defer.DeferredLock()
+        # The serial export section: waiting attempts, and when each holder got in.
+        self._export_waiters: dict[tuple[str, int], defer.Deferred] = {}
+        self._holds: dict[str, tuple[int, float]] = {}
 
     # -- activity ---------------------------------------------------------------------
 
@@ -270,6 +275,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         try:
             assert self.gate is not None
             actions = mutate(self.gate)  # QueueError propagates, nothing changed
+            self._export_bookkeeping()
             yield self._save()
         finally:
             self._lock.release()
@@ -290,6 +296,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             yield self._lock.acquire()
             try:
                 more = yield self._do(action)
+                self._export_bookkeeping()
                 yield self._save()
             except Exception as exc:  # an action must never wedge the gate
                 log.err(exc, f"gate: {action} failed")
@@ -297,6 +304,106 @@ class GateScheduler(ReconfigurableBaseScheduler):
             finally:
                 self._lock.release()
             pending.extend(more)
+
+    # -- the serial export section -------------------------------------------------------
+
+    def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
+        """A Deferred that fires when ``key``'s attempt holds its queue's export section
+        (cancel it to stop waiting). Sections are granted in gate order."""
+        waiter: defer.Deferred = defer.Deferred(
+            lambda d: self._export_waiters.pop((key, attempt), None)
+        )
+        self._export_waiters[(key, attempt)] = waiter
+
+        def ask(gate: Gate) -> list[Action]:
+            if not gate.export_request(key, attempt):
+                item = gate.find(key)
+                if item is None or item.attempt != attempt or item.state != State.TESTING:
+                    self._export_waiters.pop((key, attempt), None)
+                    if not waiter.called:
+                        waiter.errback(QueueError(f"{key} attempt {attempt} is not current"))
+            return []
+
+        self._event(ask).addErrback(lambda f: waiter.called or waiter.errback(f))
+        return waiter
+
+    @defer.inlineCallbacks
+    def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> Any:
+        """Record, before the tag, what the holder is about to land (for the record and
+        for a restart)."""
+
+        def note(gate: Gate) -> list[Action]:
+            item = gate.find(key)
+            if item is not None and item.attempt == attempt:
+                item.info["export"] = {"nvr": nvr, "tag": tag, "attempt": attempt}
+            return []
+
+        yield self._event(note)
+
+    @defer.inlineCallbacks
+    def export_landed(self, key: str, attempt: int, nvr: str) -> Any:
+        """The holder's RPM landed; it merges when its pipeline finished."""
+        box: list[bool] = []
+
+        def landed(gate: Gate) -> list[Action]:
+            box.append(gate.export_landed(key, attempt, nvr))
+            return []
+
+        yield self._event(landed)
+        return bool(box and box[0])
+
+    @defer.inlineCallbacks
+    def export_failed(self, key: str, attempt: int, reason: str) -> Any:
+        yield self._event(lambda gate: gate.export_failed(key, attempt, reason))
+
+    def _export_bookkeeping(self) -> None:
+        """After every event (under the lock): wake the attempts let into a section and
+        record the sections that ended (for the benchmark: ``export-holds.jsonl``)."""
+        assert self.gate is not None
+        now = time.time()
+        self.gate.export_grants()  # marks the attempts let in as holding; woken below
+        holders = self.gate.export_holders()
+        for key, attempt in holders.items():
+            if key not in self._holds or self._holds[key][0] != attempt:
+                self._holds[key] = (attempt, now)
+            waiter = self._export_waiters.pop((key, attempt), None)
+            if waiter is not None and not waiter.called:
+                reactor.callLater(0, waiter.callback, None)
+        for key, (attempt, start) in list(self._holds.items()):
+            if holders.get(key) == attempt:
+                continue
+            del self._holds[key]
+            item = self.gate.find(key) or next(
+                (i for i in reversed(self.gate.finished) if i.key == key), None
+            )
+            outcome = item.state.value if item is not None else "gone"
+            if item is not None and item.attempt != attempt:
+                outcome = "reset"
+            record = {
+                "queue": item.queue if item else None,
+                "change": key,
+                "attempt": attempt,
+                "start": start,
+                "end": now,
+                "outcome": outcome,
+                "nvr": (item.info.get("export") or {}).get("nvr") if item else None,
+            }
+            if item is not None:
+                item.info.setdefault("export_holds", []).append([start, now])
+            try:
+                with open(Path(self.master.basedir) / HOLDS_FILE, "a") as out:
+                    out.write(json.dumps(record, sort_keys=True) + "\n")
+            except OSError as exc:
+                log.msg(f"gate: cannot record an export section: {exc}")
+        # Waiters of attempts that are no longer current never get the section.
+        for (key, attempt), waiter in list(self._export_waiters.items()):
+            item = self.gate.find(key)
+            if item is None or item.attempt != attempt or item.state != State.TESTING:
+                del self._export_waiters[(key, attempt)]
+                if not waiter.called:
+                    reactor.callLater(
+                        0, waiter.errback, QueueError(f"{key} attempt {attempt} is not current")
+                    )
 
     def _current(self, key: str, attempt: int, *states: State) -> Item | None:
         assert self.gate is not None
@@ -369,6 +476,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 "project": i.change.project,
                 "branch": i.change.branch,
                 "revision": i.change.revision,
+                "merge_commit": i.info.get("merge_commit"),
             }
             for i in ahead
         ]

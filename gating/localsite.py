@@ -258,6 +258,17 @@ class LocalSite:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.load(resp)
 
+    def approve(self, project: str, number: int) -> dict[str, Any]:
+        """Put a change of the embedded forge in the gate (``gating approve``)."""
+        req = urllib.request.Request(
+            self.url + "plugins/gating/api/approve",
+            data=json.dumps({"project": project, "change": number}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
     def wait_for_ui(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,13 +17,20 @@ from buildbot.plugins import changes, schedulers, secrets, steps, util, worker
 from buildbot.process.factory import BuildFactory
 
 from gating import commands
+from gating import overlay as overlaymod
+from gating.buildjobs import (
+    BUILTIN_STEPS,
+    RPMBUILD_TRIGGER,
+    BackendService,
+    RegisterBuild,
+)
 from gating.diagnostics import ConfigError
 from gating.forgepoller import CATEGORY, ForgeChangeSource
 from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
 from gating.gerritpoller import HANDLED_EVENTS, SecretGerritEventLogPoller
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
-from gating.plan import builder_name, coordinator_names, sorted_builders
+from gating.plan import RPMBUILD_BUILDER, builder_name, coordinator_names, sorted_builders
 from gating.site import GatingConfig, Project, Site, load_config, repository_url
 from gating.steps import JobTrigger, RunPipeline, trigger_scheduler_name
 
@@ -45,6 +52,79 @@ def _artifact(pipeline: str, job: str, index: int, lane: str) -> Any:
     return render
 
 
+REPO_FILE = "gating.repo"
+
+
+@util.renderer
+def _repo_file_path(props: Any) -> str:
+    """Where the repo-file step wrote the overlay's .repo file on the worker ("" if none)."""
+    if not props.getProperty("gating_repo_file"):
+        return ""
+    builddir = props.getProperty("builddir") or ""
+    return os.path.join(builddir, "build", REPO_FILE)
+
+
+def rpmbuild_factory(site: Site, incoming: Path) -> BuildFactory:
+    """The local backend's builds, on a worker: clone the SCM mirror, check out the
+    commit, rpmbuild the one spec file, upload the results to the master, keep them."""
+    backend = site.backend
+    f = BuildFactory()
+    f.addStep(
+        steps.ShellCommand(
+            name="clean", command=["rm", "-rf", "--", "src", "out"], haltOnFailure=True
+        )
+    )
+    f.addStep(
+        steps.ShellCommand(
+            name="clone",
+            command=[
+                "git",
+                "clone",
+                "-q",
+                "--no-checkout",
+                "--",
+                util.Property("gating_build_repository"),
+                "src",
+            ],
+            haltOnFailure=True,
+        )
+    )
+    f.addStep(
+        steps.ShellCommand(
+            name="checkout",
+            command=[
+                "git",
+                "-C",
+                "src",
+                "checkout",
+                "-q",
+                "--detach",
+                util.Property("gating_build_commit"),
+                "--",
+            ],
+            haltOnFailure=True,
+        )
+    )
+    f.addStep(
+        steps.ShellCommand(
+            name="rpmbuild",
+            command=overlaymod.rpmbuild_command(backend.defines, backend.check_build_deps),
+            env={"LC_ALL": "C.UTF-8"},
+            haltOnFailure=True,
+        )
+    )
+    f.addStep(
+        steps.DirectoryUpload(
+            name="upload",
+            workersrc="out",
+            masterdest=util.Interpolate(f"{incoming}/%(prop:gating_build_token)s"),
+            haltOnFailure=True,
+        )
+    )
+    f.addStep(RegisterBuild(str(incoming)))
+    return f
+
+
 def _has_repository(step: Any) -> bool:
     stamps = step.build.getAllSourceStamps()
     return bool(step.getProperty("repository") or (stamps and stamps[0].repository))
@@ -64,7 +144,26 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
             hideStepIf=lambda result, step: result == util.SKIPPED,
         )
     )
-    env = commands.environment(job)
+    env: dict[str, Any] = dict(commands.environment(job))
+    f.addStep(
+        steps.StringDownload(
+            util.Property("gating_repo_file", default=""),
+            name="repo-file",
+            description="write the overlay .repo file",
+            descriptionDone="wrote gating.repo",
+            workerdest=REPO_FILE,
+            doStepIf=lambda step: bool(step.getProperty("gating_repo_file")),
+            hideStepIf=lambda result, step: result == util.SKIPPED,
+            haltOnFailure=True,
+        )
+    )
+    env.update(
+        {
+            "GATING_REPO_FILE": _repo_file_path,
+            "GATING_REPO_FILE_URL": util.Property("gating_repo_file_url", default=""),
+            "GATING_OVERLAY_URL": util.Property("gating_overlay_url", default=""),
+        }
+    )
     if job.input is not None:
         inst = InstanceId(job.name, job.index, lane)
         target = job.input.target_directory
@@ -241,7 +340,9 @@ def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
     out: list[Any] = []
     for p in config.pipelines:
         job_builders = [
-            b.name for b in config.plan.builders if b.pipeline == p.name and b.kind == "job"
+            b.name
+            for b in config.plan.builders
+            if b.pipeline == p.name and b.kind in ("job", "builtin")
         ]
         out.append(JobTrigger(name=trigger_scheduler_name(p.name), builderNames=job_builders))
         out.append(
@@ -392,18 +493,41 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
     c["workers"] = workers
 
     builders = []
+    backend_root = basedir / "backend"
     for spec in sorted_builders(config.plan.builders):
+        if spec.kind == "rpmbuild":
+            builders.append(
+                util.BuilderConfig(
+                    name=spec.name,
+                    workernames=list(spec.workernames),
+                    factory=rpmbuild_factory(site, backend_root / "incoming"),
+                    tags=["rpmbuild", spec.arch or ""],
+                    description="the local build backend's rpmbuild, on a worker",
+                    builddir="gating-rpmbuild",
+                    workerbuilddir="gating-rpmbuild",
+                )
+            )
+            continue
         pipeline = next(p for p in config.pipelines if p.name == spec.pipeline)
         if spec.kind == "pipeline":
             table = {
                 inst: builder_name(pipeline, pipeline.job(inst.job, inst.index), inst.lane)
                 for _n, inst in pipeline.instances()
-                if inst.lane != MASTER_LANE
             }
             factory = BuildFactory([RunPipeline(pipeline, table)])
             tags = ["pipeline", pipeline.name]
             description = (
                 f"pipeline {pipeline.name} ({pipeline.file}): runs its jobs stage by stage"
+            )
+        elif spec.kind == "builtin":
+            assert spec.job is not None and spec.index is not None
+            job = pipeline.job(spec.job, spec.index)
+            assert job.uses is not None
+            factory = BuildFactory([BUILTIN_STEPS[job.uses]()])
+            tags = ["job", pipeline.name, MASTER_LANE]
+            description = (
+                f"built-in job {job.name} ({job.uses}) of pipeline {pipeline.name}: "
+                f"stage {pipeline.stage_of(job.name) + 1}, on the master"
             )
         else:
             assert spec.arch is not None and spec.job is not None and spec.index is not None
@@ -431,6 +555,23 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         )
     c["builders"] = builders
     c["schedulers"] = _schedulers(config, basedir)
+    c["services"] = []
+    if any(b.kind == "builtin" for b in config.plan.builders):
+        c["services"].append(
+            BackendService(
+                config=site.backend,
+                root=str(backend_root),
+                base_url=site.buildbot_url,
+                project_repos=tuple(
+                    (p.name, project_url_for(p, site, basedir)) for p in site.projects
+                ),
+                builder=RPMBUILD_BUILDER,
+            )
+        )
+        if any(b.kind == "rpmbuild" for b in config.plan.builders):
+            c["schedulers"].append(
+                JobTrigger(name=RPMBUILD_TRIGGER, builderNames=[RPMBUILD_BUILDER])
+            )
     c["change_source"] = _change_sources(site, config, basedir)
     c["www"] = {
         "port": f"tcp:{site.www_port}:interface={site.www_interface}"

@@ -6,7 +6,13 @@ Every builder is derived from declared inputs, never written by hand:
   run of the pipeline; it runs on the master and starts the job instances;
 * one *job builder* per job instance (pipeline, job, matrix entry, architecture),
   named ``PIPELINE/JOB/ARCH`` (``PIPELINE/JOB#INDEX/ARCH`` for matrix jobs), pinned to
-  the workers of that architecture (and series, when the job names one).
+  the workers of that architecture (and series, when the job names one);
+* one *built-in job builder* per built-in job (``uses: koji-scratch-build``,
+  ``uses: koji-export``), named ``PIPELINE/JOB/master``: it runs on the master-side
+  coordinators and talks to the build backend;
+* with the local build backend and a built-in job, the *rpmbuild builder*
+  (``gating-rpmbuild``) on the workers of the backend's build architecture: the local
+  backend's builds run there, never on the master.
 
 With an inventory, a job instance whose architecture has no pool is an error
 naming the job and the architecture.
@@ -15,13 +21,16 @@ naming the job and the architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gating import arch as archmod
 from gating.commands import PLUGIN_RUN
 from gating.diagnostics import Collector
 from gating.inventory import Inventory
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
+
+if TYPE_CHECKING:
+    from gating.backend import BackendConfig
 
 COORDINATOR_PREFIX = "gating-coordinator"
 DEFAULT_COORDINATORS = 20
@@ -36,13 +45,14 @@ def coordinator_names(count: int = DEFAULT_COORDINATORS) -> tuple[str, ...]:
 COORDINATOR_WORKERS = coordinator_names()
 
 SUPPORTED_PLUGINS = frozenset(PLUGIN_RUN)
+RPMBUILD_BUILDER = "gating-rpmbuild"
 
 
 @dataclass(frozen=True)
 class BuilderSpec:
     name: str
     pipeline: str
-    kind: str  # "pipeline" or "job"
+    kind: str  # "pipeline", "job", "builtin" or "rpmbuild"
     arch: str | None = None
     job: str | None = None
     index: int | None = None
@@ -102,10 +112,13 @@ def make_plan(
     inventory: Inventory | None,
     errors: Collector,
     coordinators: int = DEFAULT_COORDINATORS,
+    backend: BackendConfig | None = None,
 ) -> Plan:
     """Derive builders; with an inventory, check every instance has a pool and can run."""
     builders: list[BuilderSpec] = []
+    builtin_marks = []
     for p in pipelines:
+        _check_export_placement(p, errors)
         builders.append(
             BuilderSpec(p.name, p.name, "pipeline", workernames=coordinator_names(coordinators))
         )
@@ -116,6 +129,19 @@ def make_plan(
                 done.add((job.name, job.index))
                 _check_runnable(p, job, inventory, errors)
             if inst.lane == MASTER_LANE:
+                builtin_marks.append(job.mark)
+                builders.append(
+                    BuilderSpec(
+                        builder_name(p, job, inst.lane),
+                        p.name,
+                        "builtin",
+                        MASTER_LANE,
+                        job.name,
+                        job.index,
+                        None,
+                        coordinator_names(coordinators),
+                    )
+                )
                 continue
             workers: tuple[str, ...] = ()
             if inventory is not None:
@@ -132,20 +158,43 @@ def make_plan(
                     workers,
                 )
             )
+    if builtin_marks and (backend is None or backend.kind == "local"):
+        arch = backend.build_arch if backend is not None else "x86_64"
+        workers: tuple[str, ...] = ()
+        if inventory is not None:
+            workers = tuple(w.name for w in inventory.pool(arch))
+            if not workers:
+                errors.error(
+                    builtin_marks[0],
+                    f"built-in jobs build with the local backend on the '{arch}' workers "
+                    f"(backend 'build-arch'), but no worker has that architecture "
+                    f"(pools: {', '.join(inventory.arches()) or 'none'})",
+                )
+        builders.append(BuilderSpec(RPMBUILD_BUILDER, "", "rpmbuild", arch, workernames=workers))
     return Plan(tuple(pipelines), tuple(builders))
 
+
+def _check_export_placement(p: Pipeline, errors: Collector) -> None:
+    """``koji-export`` lands RPMs: it must be the only job of the last stage, so that
+    nothing can fail after an RPM landed (git and the RPM repository never disagree)."""
+    for position, stage in enumerate(p.stages):
+        for name in stage:
+            jobs = p.entries(name)
+            if not any(j.uses == "koji-export" for j in jobs):
+                continue
+            if position != len(p.stages) - 1 or len(stage) != 1 or len(jobs) != 1:
+                errors.error(
+                    jobs[0].mark,
+                    f"job '{name}' uses 'koji-export', which must be the only job of the "
+                    "pipeline's last stage (nothing may fail after an RPM landed)",
+                )
 
 def _check_runnable(p: Pipeline, job: Job, inventory: Inventory, errors: Collector) -> None:
     what = f"job '{job.name}'" + (
         f" (matrix entry {job.index})" if len(p.entries(job.name)) > 1 else ""
     )
     if job.uses is not None:
-        errors.error(
-            job.mark,
-            f"{what} uses '{job.uses}', which needs a build backend; "
-            "none is configured for this site",
-        )
-        return
+        return  # built-in: runs on the master; its backend is checked in make_plan
     if job.plugin is not None and job.plugin not in SUPPORTED_PLUGINS:
         errors.error(
             job.mark,
@@ -188,5 +237,11 @@ def sorted_builders(builders: tuple[BuilderSpec, ...]) -> list[BuilderSpec]:
     """Pipeline builders first, then job builders by pipeline and arch (for the UI)."""
     return sorted(
         builders,
-        key=lambda b: (b.pipeline, b.kind != "pipeline", archmod.sort_key(b.arch or ""), b.name),
+        key=lambda b: (
+            b.kind == "rpmbuild",
+            b.pipeline,
+            b.kind != "pipeline",
+            archmod.sort_key(b.arch or ""),
+            b.name,
+        ),
     )

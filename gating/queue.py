@@ -326,6 +326,11 @@ class Gate:
         actions: list[Action] = []
         if item.state == State.MERGING:
             raise QueueError(f"change {key} is being merged; it cannot be dequeued now")
+        if item.export in ("holding", "landed") and item.state == State.TESTING:
+            raise QueueError(
+                f"change {key} is in its export section (its RPM may be landing); "
+                "it cannot be dequeued now"
+            )
         if item.state == State.WAITING:
             self.waiting.remove(item)
         else:
@@ -358,7 +363,12 @@ class Gate:
         actions: list[Action] = []
         for queue in self.queues.values():
             for item in queue.items:
-                if item.state == State.TESTING and not item.passed:
+                if item.state == State.TESTING and not item.passed and item.export == "landed":
+                    # Its export is the last job: everything else had passed, and its RPM
+                    # is in the repository. Merge it rather than test it again.
+                    item.passed = True
+                    item.history.append(f"attempt {item.attempt}: export had landed ({why})")
+                elif item.state == State.TESTING and not item.passed:
                     self._reset(item, actions, why=why)
                 elif item.state == State.MERGING:
                     actions.append(Merge(queue.name, item.key, item.attempt))
@@ -396,46 +406,68 @@ class Gate:
             item.export = ""
 
     # -- the serial export section (an ordered lock) ------------------------------------
+    #
+    # The section of an item is: (rebuild mode) the non-scratch build, the tag into the
+    # destination, the new repository, and the git merge; (promote mode) the same without
+    # the build. It starts when the item asks and every live, non-failing item ahead of it
+    # has left the queue (merged or dequeued), and ends when the item leaves the queue
+    # (merged, or dequeued after a failure) or is reset. Exports land in gate order, and an
+    # item's RPM lands only when nothing ahead of it can still change the repository.
 
     def export_request(self, key: str, attempt: int) -> bool:
-        """``key``'s attempt asks to enter its queue's export section; True if it may now.
-        It enters only when no item of the queue holds the section and every live,
-        non-failing item ahead of it has landed its export: exports land in gate order."""
+        """``key``'s attempt asks to enter its queue's export section; True if it holds it
+        now (else it waits, and :meth:`export_grants` lets it in later)."""
         item = self.find(key)
         if item is None or item.attempt != attempt or item.state != State.TESTING:
             return False
-        if item.export == "holding":
+        if item.export in ("holding", "landed"):
             return True
         if item.export != "waiting":
             item.export = "waiting"
             item.history.append(f"attempt {attempt}: waiting for the export section")
-        return key in self.export_grants()
+        return key in self.export_grants() or item.export == "holding"
 
-    def export_finished(self, key: str, attempt: int, landed: bool) -> list[str]:
-        """The section of ``key`` ended; returns the keys now let in."""
+    def export_landed(self, key: str, attempt: int, what: str = "") -> bool:
+        """The holder's RPM landed; it keeps the section until it merged. False for a
+        stale attempt or an item that does not hold the section."""
         item = self.find(key)
-        if item is not None and item.attempt == attempt and item.export == "holding":
-            item.export = "landed" if landed else "failed"
-            item.history.append(f"attempt {attempt}: export {'landed' if landed else 'failed'}")
-        return self.export_grants()
+        if item is None or item.attempt != attempt or item.export != "holding":
+            return False
+        item.export = "landed"
+        item.history.append(f"attempt {attempt}: export landed" + (f": {what}" if what else ""))
+        return True
+
+    def export_failed(self, key: str, attempt: int, reason: str) -> list[Action]:
+        """The export of ``key``'s attempt failed: the change is not merged, it fails (and
+        is dequeued at the head) and the items behind it are reset."""
+        item = self.find(key)
+        actions: list[Action] = []
+        if item is None or item.attempt != attempt or item.state != State.TESTING:
+            return actions
+        item.export = "failed"
+        self._fail(item, f"export failed: {reason}", actions)
+        self._schedule(actions)
+        return actions
+
+    def export_holders(self) -> dict[str, int]:
+        """Items in an export section (holding or landed, not yet merged): key -> attempt."""
+        return {
+            i.key: i.attempt
+            for q in self.queues.values()
+            for i in q.items
+            if i.export in ("holding", "landed") and i.state in (State.TESTING, State.MERGING)
+        }
 
     def export_grants(self) -> list[str]:
-        """Let the next waiting item of each queue into a free section (call after every
-        event: a failing or dequeued item ahead may have unblocked one)."""
+        """Let waiting items into free sections; the keys let in now (call after every
+        event: a merge, a failure or a dequeue ahead may have unblocked one)."""
         granted: list[str] = []
         for queue in self.queues.values():
-            live = [i for i in queue.items if i.state != State.FAILING]
-            if any(i.export == "holding" and i.state == State.TESTING for i in live):
-                continue
-            for position, item in enumerate(live):
-                if item.export == "waiting" and item.state == State.TESTING:
-                    if all(
-                        i.export == "landed" or i.state == State.MERGING for i in live[:position]
-                    ):
-                        item.export = "holding"
-                        item.history.append(f"attempt {item.attempt}: holding the export section")
-                        granted.append(item.key)
-                    break
+            first = next((i for i in queue.items if i.state != State.FAILING), None)
+            if first is not None and first.state == State.TESTING and first.export == "waiting":
+                first.export = "holding"
+                first.history.append(f"attempt {first.attempt}: holding the export section")
+                granted.append(first.key)
         return granted
 
     def _release_waiting(self, actions: list[Action]) -> None:

@@ -24,6 +24,30 @@
         repository: https://example.org/nova-distgit.git
         branches: [rdo-liberty]
         queue: rdo
+    backend:                             # where the built-in jobs build (default: local)
+      type: local                        # local (rpmbuild on a worker, repos on the master)
+                                         # or koji
+      build-arch: x86_64                 # local: the pool the builds run on
+      destination-tag: dist              # the published repository
+      export-mode: rebuild               # or promote (needs candidate-tag)
+      candidate-tag: dist-candidate
+      defines: {dist: .el9}              # rpm macros (local builds)
+      check-build-deps: true             # local: false passes --nodeps to rpmbuild
+      # koji only:
+      profile: koji                      # a koji profile (/etc/koji.conf.d), or:
+      server: https://koji.example.org/kojihub
+      topurl: https://koji.example.org/kojifiles
+      weburl: https://koji.example.org/koji
+      auth: ssl                          # password, ssl or gssapi
+      user: gating                       # password login: user + password-secret
+      password-secret: koji-password     # a Buildbot secret name, never the password
+      cert: /etc/gating/koji.pem         # ssl login
+      serverca: /etc/pki/tls/certs/ca-bundle.crt
+      principal: gating@EXAMPLE.ORG      # gssapi login
+      keytab: /etc/gating/gating.keytab
+      target: rdo-liberty                # build target of the non-scratch builds
+      scratch-target: rdo-liberty        # of the scratch builds (default: target)
+      poll-interval: 5                   # seconds between task polls
 
 The site configuration is trusted: it is what the admin deploys.
 """
@@ -34,6 +58,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gating.backend import BackendConfig
 from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark, did_you_mean
 from gating.inventory import Inventory, Worker, load_inventory
 from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, Pipeline, load_pipeline_file
@@ -61,6 +86,7 @@ SITE_KEYS = frozenset(
         "projects",
         "queues",
         "gerrit",
+        "backend",
     }
 )
 PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
@@ -89,6 +115,31 @@ class Gerrit:
 
 GERRIT_KEYS = frozenset({"url", "user", "password-secret", "approvals", "git-url"})
 
+BACKEND_STRINGS = {
+    "profile": "profile",
+    "server": "server",
+    "topurl": "topurl",
+    "weburl": "weburl",
+    "user": "user",
+    "password-secret": "password_secret",
+    "cert": "cert",
+    "serverca": "serverca",
+    "principal": "principal",
+    "keytab": "keytab",
+    "target": "target",
+    "scratch-target": "scratch_target",
+    "destination-tag": "destination_tag",
+    "candidate-tag": "candidate_tag",
+    "build-arch": "build_arch",
+}
+BACKEND_KEYS = frozenset(
+    {*BACKEND_STRINGS, "type", "auth", "export-mode", "poll-interval", "defines",
+     "check-build-deps"}
+)
+KOJI_ONLY = ("profile", "server", "topurl", "weburl", "auth", "user", "password-secret", "cert",
+             "serverca", "principal", "keytab", "target", "scratch-target")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
 
 @dataclass(frozen=True)
 class Site:
@@ -109,6 +160,7 @@ class Site:
     projects: tuple[Project, ...] = ()
     queue_settings: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     gerrit: Gerrit | None = None
+    backend: BackendConfig = field(default_factory=BackendConfig)
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -178,6 +230,10 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         kw["queue_settings"] = _queues(r, f["queues"])
     if "gerrit" in f:
         kw["gerrit"] = _gerrit(r, f["gerrit"])
+    if "backend" in f:
+        backend = _backend(r, f["backend"])
+        if backend is not None:
+            kw["backend"] = backend
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -228,6 +284,96 @@ def _gerrit(r: Reader, node: Node) -> Gerrit | None:
     if url is None or user is None:
         return None
     return Gerrit(url, user, **kw)  # type: ignore[arg-type]
+
+
+def _backend(r: Reader, node: Node) -> BackendConfig | None:
+    f = r.mapping(node, "'backend'", BACKEND_KEYS)
+    if f is None:
+        return None
+    kw: dict[str, object] = {}
+    kind = "local"
+    if "type" in f:
+        kind = r.string(f["type"], "backend 'type'") or "local"
+        if kind not in ("local", "koji"):
+            r.fail(f["type"], f"backend 'type': expected 'local' or 'koji', not '{kind}'")
+            return None
+    kw["kind"] = kind
+    for key, attr in BACKEND_STRINGS.items():
+        if key in f:
+            value = r.string(f[key], f"backend '{key}'")
+            if value is None:
+                continue
+            if key.endswith(("-tag", "target")) and not TAG_RE.match(value):
+                r.fail(f[key], f"backend '{key}': '{value}' is not a valid tag or target name")
+                continue
+            if key in ("server", "topurl", "weburl") and not value.startswith(
+                ("http://", "https://")
+            ):
+                r.fail(f[key], f"backend '{key}': expected an http:// or https:// URL")
+                continue
+            kw[attr] = value
+    if kind == "local":
+        for key in KOJI_ONLY:
+            if key in f:
+                r.fail(f[key], f"backend '{key}' applies to type 'koji' only")
+    else:
+        for key in ("defines", "check-build-deps", "build-arch"):
+            if key in f:
+                r.fail(f[key], f"backend '{key}' applies to type 'local' only")
+    if "auth" in f:
+        auth = r.string(f["auth"], "backend 'auth'")
+        if auth not in ("password", "ssl", "gssapi"):
+            r.fail(f["auth"], "backend 'auth': expected password, ssl or gssapi")
+        else:
+            kw["auth"] = auth
+    if "export-mode" in f:
+        mode = r.string(f["export-mode"], "backend 'export-mode'")
+        if mode not in ("rebuild", "promote"):
+            r.fail(f["export-mode"], "backend 'export-mode': expected rebuild or promote")
+        else:
+            kw["mode"] = mode
+    if "poll-interval" in f:
+        interval = r.integer(f["poll-interval"], "backend 'poll-interval' (seconds)", minimum=1)
+        if interval is not None:
+            kw["poll_interval"] = float(interval)
+    if "check-build-deps" in f:
+        value = f["check-build-deps"].value
+        if not isinstance(value, bool):
+            r.fail(f["check-build-deps"], "backend 'check-build-deps': expected true or false")
+        else:
+            kw["check_build_deps"] = value
+    if "defines" in f:
+        defines = f["defines"]
+        if not defines.is_map:
+            r.fail(defines, f"backend 'defines': expected a mapping, got {describe(defines)}")
+        else:
+            pairs = []
+            for name, value in defines.items():
+                text = value.value
+                if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+                    r.fail(value, f"backend define '{name}': expected a string")
+                    continue
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+                    r.fail(value, f"backend define '{name}': not a macro name")
+                    continue
+                pairs.append((str(name), str(text)))
+            kw["defines"] = tuple(pairs)
+    if kind == "koji":
+        if "profile" not in f and not ("server" in f and "topurl" in f):
+            r.fail(node, "backend type 'koji' needs a 'profile', or 'server' and 'topurl'")
+            return None
+        if "target" not in f:
+            r.fail(node, "backend type 'koji' needs a 'target' (the build target)")
+            return None
+        if kw.get("auth") == "password" and "user" not in f:
+            r.fail(f["auth"], "backend 'auth: password' needs a 'user' and a 'password-secret'")
+    if kw.get("mode") == "promote" and "candidate_tag" not in kw:
+        r.fail(f["export-mode"], "backend 'export-mode: promote' needs a 'candidate-tag'")
+        return None
+    if kw.get("candidate_tag") and kw.get("candidate_tag") == kw.get("destination_tag", "dist"):
+        r.fail(f["candidate-tag"], "backend 'candidate-tag' must differ from 'destination-tag'")
+        return None
+    return BackendConfig(**kw)  # type: ignore[arg-type]
 
 
 QUEUE_KEYS = {
@@ -357,7 +503,9 @@ def load_config(path: str | Path) -> GatingConfig:
             errors.error(p.mark, f"pipeline '{p.name}' is also defined in {seen[p.name].file}")
         seen.setdefault(p.name, p)
     _check_trigger_projects(list(seen.values()), site, errors)
-    plan = make_plan(list(seen.values()), inventory, errors, site.coordinators)
+    plan = make_plan(
+        list(seen.values()), inventory, errors, site.coordinators, backend=site.backend
+    )
     errors.check()
     return GatingConfig(site, inventory, tuple(seen.values()), plan)
 

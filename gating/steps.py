@@ -17,6 +17,26 @@ from twisted.internet import defer
 from gating.pipeline import InstanceId, Pipeline
 from gating.rungraph import RESULT_NAMES, PipelineRun
 
+# The gate item a pipeline run tests (set by the gate scheduler), passed on to every job.
+GATE_PROPERTIES = (
+    "gating_queue",
+    "gating_change",
+    "gating_project",
+    "gating_branch",
+    "gating_revision",
+    "gating_attempt",
+    "gating_ahead",
+    "gating_base",
+    "gating_merge_commit",
+)
+# Properties a job hands to the jobs of later stages (the overlay of koji-scratch-build).
+SHARED_PROPERTIES = (
+    "gating_repo_file",
+    "gating_repo_file_url",
+    "gating_overlay_url",
+    "gating_scratch_builds",
+)
+
 
 def trigger_scheduler_name(pipeline: str) -> str:
     return f"{pipeline}:jobs"
@@ -78,6 +98,7 @@ class RunPipeline(buildstep.BuildStep):
         self._pending: dict[InstanceId, Any] = {}
         self._stopping: str | None = None
         self._logs: dict[str, Any] = {}
+        self._shared: dict[str, Any] = {}
 
     def _sourcestamps(self) -> list[dict[str, Any]]:
         out = []
@@ -94,7 +115,14 @@ class RunPipeline(buildstep.BuildStep):
         return out
 
     def _properties(self, inst: InstanceId) -> dict[str, Any]:
+        gate = {
+            name: self.getProperty(name)
+            for name in GATE_PROPERTIES
+            if self.getProperty(name) is not None
+        }
         return {
+            **gate,
+            **self._shared,
             "gating_pipeline": self.pipeline.name,
             "gating_run": self.build.buildid,
             "gating_job": inst.job,
@@ -144,6 +172,8 @@ class RunPipeline(buildstep.BuildStep):
         while run.running:
             inst, result, why = yield finished.get()
             yield self._link(inst)
+            if result in (results.SUCCESS, results.WARNINGS):
+                yield self._collect_shared(inst)
             skipped = run.finish(inst, result, why)
             line = f"{inst} on {self.builders[inst]}: {RESULT_NAMES[result]}"
             yield self._log("pipeline", line + (f" ({why})" if why else ""))
@@ -183,6 +213,17 @@ class RunPipeline(buildstep.BuildStep):
         for brid in value[1].values():
             out.append((brid, (yield self.master.data.get(("buildrequests", brid, "builds")))))
         return out
+
+    @defer.inlineCallbacks
+    def _collect_shared(self, inst: InstanceId) -> Any:
+        """Keep what a passed job hands to later stages (e.g. the overlay's .repo file)."""
+        for _brid, builds in (yield self._child_builds(inst)):
+            for build in builds:
+                props = yield self.master.data.get(("builds", build["buildid"], "properties"))
+                for name in SHARED_PROPERTIES:
+                    if props and name in props:
+                        self._shared[name] = props[name][0]
+                        self.setProperty(name, props[name][0], "pipeline")
 
     @defer.inlineCallbacks
     def _link(self, inst: InstanceId) -> Any:

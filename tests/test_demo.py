@@ -1,4 +1,4 @@
-"""gating.demo: the sample project repository and the commit that starts a run.
+"""gating.demo: the sample project repository and the change the demo gates.
 (The whole demo runs in tests/integration/test_demo.py.)"""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 
 from gating import demo
+from gating.forge import LocalForge
+from gating.localsite import LocalSite
 
 
 def git(repo, *args):
@@ -24,9 +26,14 @@ def test_sample_repo_is_created_once_with_the_spec(tmp_path):
     assert git(repo, "rev-list", "--count", "HEAD").strip() == "1"
 
 
-def test_commit_change_adds_a_commit_on_main(tmp_path):
-    repo = demo.ensure_sample_repo(tmp_path)
-    revision = demo.commit_change(repo)
-    assert git(repo, "rev-parse", "HEAD").strip() == revision
-    assert git(repo, "rev-list", "--count", "HEAD").strip() == "2"
-    assert "Demo change" in git(repo, "log", "-1", "--format=%s")
+def test_propose_change_pushes_a_change_for_review_to_the_forge(tmp_path):
+    seed = demo.ensure_sample_repo(tmp_path)
+    site = LocalSite(tmp_path)
+    forge = LocalForge(site.master_dir / "git")
+    forge.ensure_project("sample-distgit", ["main"], seed)
+    number = demo.propose_change(site)
+    info = forge.change("sample-distgit", number)
+    assert info.branch == "main" and info.status == "new"
+    assert "Demo change" in info.subject
+    # Proposed, not merged: main is still the imported commit.
+    assert forge.branch_tip("sample-distgit", "main") == git(seed, "rev-parse", "HEAD").strip()

@@ -36,12 +36,17 @@ def test_demo_config_is_accepted_by_buildbot(basedir):
     config = gmaster.buildmaster_config(str(basedir), str(DEMO))
     loaded = MasterConfig.loadFromDict(config, "master.cfg")
     assert [b.name for b in loaded.builders] == [
+        "gate",
+        "gate/install/x86_64",
+        "gate/build/master",
+        "gate/export/master",
         "sample",
         "sample/build/x86_64",
         "sample/inspect/x86_64",
         "sample/lint/x86_64",
         "sample/lint/aarch64",
         "sample/test/aarch64",
+        "gating-rpmbuild",
     ]
     descriptions = {b.name: b.description for b in loaded.builders}
     assert descriptions["sample/test/aarch64"] == "job test of pipeline sample: stage 2, aarch64"
@@ -49,8 +54,15 @@ def test_demo_config_is_accepted_by_buildbot(basedir):
     assert workers["sample"] == [f"gating-coordinator-{i}" for i in range(1, 21)]
     assert workers["sample/test/aarch64"] == ["local-aarch64"]
     assert workers["sample/lint/x86_64"] == ["local-x86_64"]
+    assert workers["gate/export/master"] == workers["sample"]  # built-ins: coordinators
+    assert workers["gating-rpmbuild"] == ["local-x86_64"]  # local builds run on a worker
+    assert [type(s).__name__ for s in config["services"]] == ["BackendService"]
     assert sorted(loaded.schedulers) == [
+        "force-gate",
         "force-sample",
+        "gate",
+        "gate:jobs",
+        "gating:rpmbuild",
         "sample:commit:sample-distgit",
         "sample:jobs",
     ]
@@ -74,6 +86,7 @@ def test_job_steps_are_pinned(basedir):
     test = builders["sample/test/aarch64"].factory
     assert step_names(test) == [
         "checkout",
+        "repo-file",
         "prepare-input",
         "fetch-input",
         "unpack-input",
@@ -90,7 +103,16 @@ def test_job_steps_are_pinned(basedir):
     ]
     run = step(test, "run").kwargs
     assert run["command"][:4] == ["bash", "--noprofile", "--norc", "-ec"]
-    assert run["env"] == {"LANG": "C.UTF-8"}
+    assert {k: v for k, v in run["env"].items() if not k.startswith("GATING_")} == {
+        "LANG": "C.UTF-8"
+    }
+    # The overlay of a koji-scratch-build job of an earlier stage, when there is one.
+    assert set(run["env"]) == {
+        "LANG",
+        "GATING_REPO_FILE",
+        "GATING_REPO_FILE_URL",
+        "GATING_OVERLAY_URL",
+    }
     build = builders["sample/build/x86_64"].factory
     assert step_names(build) == [
         "checkout",

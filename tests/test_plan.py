@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gating.backend import BackendConfig
 from gating.diagnostics import Collector, ConfigError
 from gating.inventory import Inventory, Worker
 from gating.pipeline import MASTER_LANE, InstanceId, load_pipeline_file, parse_pipeline
@@ -84,14 +85,30 @@ def test_instance_builder_names_the_builder_of_an_instance():
     )
 
 
-def test_master_lane_jobs_get_no_job_builder():
+def test_master_lane_jobs_get_builtin_builders_on_the_coordinators():
     p = pipeline(
         "pipeline: [build, export]\njobs:\n  build: {architectures: x86_64}\n"
         "  export: {uses: koji-export}\n"
     )
-    plan = make_plan([p], None, Collector())
-    assert [b.name for b in plan.builders] == ["rdo", "rdo/build/x86_64"]
+    plan = make_plan([p], MULTIARCH, Collector())
+    assert [(b.name, b.kind) for b in plan.builders] == [
+        ("rdo", "pipeline"),
+        ("rdo/build/x86_64", "job"),
+        ("rdo/export/master", "builtin"),
+        ("gating-rpmbuild", "rpmbuild"),  # the local backend builds on a worker
+    ]
+    assert plan.builder("rdo/export/master").workernames == COORDINATOR_WORKERS
+    assert plan.builder("gating-rpmbuild").workernames == tuple(
+        w.name for w in MULTIARCH.pool("x86_64")
+    )
     assert p.lanes() == ["x86_64", MASTER_LANE]
+
+
+def test_koji_backend_needs_no_rpmbuild_builder():
+    p = pipeline("pipeline: [build]\njobs:\n  build: {uses: koji-scratch-build}\n")
+    backend = BackendConfig(kind="koji", server="http://k/", topurl="http://k/f", target="t")
+    plan = make_plan([p], MULTIARCH, Collector(), backend=backend)
+    assert [b.kind for b in plan.builders] == ["pipeline", "builtin"]
 
 
 def test_workernames_are_the_pool_of_the_arch_and_series():
@@ -184,13 +201,32 @@ def test_job_without_packages_runs_on_workers_without_package_install():
     assert plan_errors(text, Inventory((Worker("x86-bare", "x86_64"),))) == []
 
 
-def test_built_in_kinds_need_a_build_backend():
-    assert plan_errors(
-        "pipeline: [build]\njobs:\n  build: {uses: koji-scratch-build}\n", MULTIARCH
-    ) == [
-        "rdo.yaml:3:10: job 'build' uses 'koji-scratch-build', which needs a build backend; "
-        "none is configured for this site"
+def test_the_local_backend_needs_a_pool_of_its_build_arch():
+    p = pipeline("pipeline: [build]\njobs:\n  build: {uses: koji-scratch-build}\n")
+    errors = Collector()
+    make_plan([p], MULTIARCH, errors, backend=BackendConfig(build_arch="riscv64"))
+    assert ConfigError(errors.diagnostics).messages == [
+        "rdo.yaml:3:10: built-in jobs build with the local backend on the 'riscv64' workers "
+        "(backend 'build-arch'), but no worker has that architecture "
+        "(pools: x86_64, aarch64, ppc64le, s390x)"
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pipeline: [export, test]\njobs:\n  export: {uses: koji-export}\n"
+        "  test: {architectures: x86_64}\n",
+        "pipeline: [[test, export]]\njobs:\n  export: {uses: koji-export}\n"
+        "  test: {architectures: x86_64}\n",
+    ],
+)
+def test_koji_export_must_be_alone_in_the_last_stage(text):
+    messages = plan_errors(text, MULTIARCH)
+    assert len(messages) == 1
+    assert "uses 'koji-export', which must be the only job of the pipeline's last stage" in (
+        messages[0]
+    )
 
 
 def test_supported_plugins_are_the_ones_with_a_run_command():

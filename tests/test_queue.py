@@ -1583,14 +1583,24 @@ def attempt(gate: Gate, c: Change) -> int:
 
 def test_exports_land_in_gate_order_even_when_the_item_behind_asks_first():
     gate = seed_gate()
-    assert gate.export_request(B.key, attempt(gate, B)) is False  # A has not landed
+    assert gate.export_request(B.key, attempt(gate, B)) is False  # A is ahead
     assert gate.item(B.key).export == "waiting"
     assert gate.export_request(A.key, attempt(gate, A)) is True
     assert gate.export_request(C.key, attempt(gate, C)) is False
-    assert gate.export_finished(A.key, attempt(gate, A), landed=True) == [B.key]
+    assert gate.export_landed(A.key, attempt(gate, A), "nova-12.0.1-1") is True
+    # Landed is not enough: the section lasts until A merged in git.
+    assert gate.export_grants() == []
+    assert gate.export_holders() == {A.key: attempt(gate, A)}
+    passes(gate, A)
+    assert gate.export_grants() == []  # A is merging: still in its section
+    merges(gate, A)
+    assert gate.export_grants() == [B.key]
     assert gate.item(B.key).export == "holding"
-    assert gate.export_finished(B.key, attempt(gate, B), landed=True) == [C.key]
-    assert [gate.item(c.key).export for c in (A, B, C)] == ["landed", "landed", "holding"]
+    gate.export_landed(B.key, attempt(gate, B))
+    passes(gate, B)
+    merges(gate, B)
+    assert gate.export_grants() == [C.key]
+    assert gate.export_holders() == {C.key: attempt(gate, C)}
 
 
 def test_one_holder_per_queue_and_queues_are_independent():
@@ -1601,14 +1611,34 @@ def test_one_holder_per_queue_and_queues_are_independent():
     assert gate.export_request(K.key, attempt(gate, K)) is True
 
 
-def test_a_failing_holder_frees_the_section_and_the_reset_item_behind_asks_again():
+def test_a_failed_export_fails_the_item_and_resets_the_items_behind():
     gate = seed_gate()
     assert gate.export_request(A.key, attempt(gate, A)) is True
     assert gate.export_request(B.key, attempt(gate, B)) is False
-    fails(gate, A, "export failed")
-    # B was tested on top of A: reset, its wait forgotten; it asks again on its new attempt.
+    b_attempt = attempt(gate, B)
+    actions = gate.export_failed(A.key, attempt(gate, A), "koji task 7 failed")
+    assert finished(gate, A).state == State.DEQUEUED
+    assert finished(gate, A).reason == "export failed: koji task 7 failed"
+    assert Report("rdo", A.key, "failed", "export failed: koji task 7 failed") in actions
+    # B was tested on top of A: reset and started again, its wait forgotten.
+    assert attempt(gate, B) == b_attempt + 1
     assert gate.item(B.key).export == ""
+    assert gate.item(B.key).ahead == []
     assert gate.export_grants() == []
+    assert gate.export_request(B.key, attempt(gate, B)) is True
+
+
+def test_a_stale_export_failure_is_ignored():
+    gate = seed_gate()
+    assert gate.export_failed(A.key, attempt(gate, A) + 1, "late") == []
+    assert gate.item(A.key).state == State.TESTING
+
+
+def test_a_dequeued_item_ahead_lets_the_next_one_in():
+    gate = seed_gate()
+    assert gate.export_request(B.key, attempt(gate, B)) is False
+    gate.dequeue(A.key, "admin")
+    # B is reset (it was tested on A); its new attempt asks again and gets the section.
     assert gate.export_request(B.key, attempt(gate, B)) is True
 
 
@@ -1618,6 +1648,7 @@ def test_stale_attempts_and_items_not_testing_get_no_section():
     assert gate.export_request("nova~999", 1) is False
     passes(gate, A)  # A is merging now
     assert gate.export_request(A.key, attempt(gate, A)) is False
+    assert gate.export_landed(B.key, attempt(gate, B)) is False  # B does not hold it
 
 
 def test_export_state_survives_a_restart():
@@ -1626,4 +1657,24 @@ def test_export_state_survives_a_restart():
     gate.export_request(B.key, attempt(gate, B))
     restored = roundtrip(gate)
     assert [restored.item(c.key).export for c in (A, B, C)] == ["holding", "waiting", ""]
-    assert restored.export_finished(A.key, attempt(restored, A), landed=True) == [B.key]
+    restored.export_landed(A.key, attempt(restored, A))
+    passes(restored, A)
+    merges(restored, A)
+    assert restored.export_grants() == [B.key]
+
+
+def test_an_item_in_its_export_section_cannot_be_dequeued():
+    gate = seed_gate()
+    assert gate.export_request(A.key, attempt(gate, A)) is True
+    with pytest.raises(QueueError, match="export section"):
+        gate.dequeue(A.key, "admin")
+
+
+def test_after_a_restart_a_landed_export_merges_instead_of_testing_again():
+    gate = seed_gate()
+    gate.export_request(A.key, attempt(gate, A))
+    gate.export_landed(A.key, attempt(gate, A), "nova-12.0.1-1")
+    restored = roundtrip(gate)
+    actions = restored.restart_all("the master restarted")
+    assert Merge("rdo", A.key, 1) in actions
+    assert restored.item(A.key).state == State.MERGING

@@ -3,7 +3,10 @@ at ``/plugins/gating/`` (enabled by ``c['www']['plugins']['gating']``).
 
 * ``GET  api/queue``: every queue with its items in order (``gating queue --json``);
 * ``POST api/approve`` ``{"project": P, "change": N}``: put a change in the gate
-  (``gating approve P N``); errors are ``400 {"error": message}`` and change nothing.
+  (``gating approve P N``); errors are ``400 {"error": message}`` and change nothing;
+* ``GET  repos/overlays/<name>/...``: the overlay repositories of the built-in jobs,
+  ``repos/repofiles/<name>.repo`` their ``.repo`` files, ``repos/tags/<tag>/...`` the
+  local backend's tag repositories (what workers install from).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from buildbot.www.plugin import Application
 from twisted.internet import defer
 from twisted.python import log
-from twisted.web import resource, server
+from twisted.web import resource, server, static
 
 from gating.queue import QueueError
 
@@ -87,6 +90,32 @@ class ApproveResource(_GateResource):
         return server.NOT_DONE_YET
 
 
+class ReposResource(resource.Resource):
+    """Static files of the build backend's public directories (read-only)."""
+
+    def __init__(self, app: GatingApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        master = getattr(self.app, "master", None)
+        svc = (
+            master.service_manager.namedServices.get("gating-backend")
+            if master is not None
+            else None
+        )
+        if svc is None:
+            return resource.NoResource("no build backend is configured on this master")
+        dirs = svc.public_dirs()
+        folder = dirs.get(path.decode("utf-8", "replace"))
+        if folder is None:
+            return resource.NoResource(f"no such repository folder (known: {', '.join(dirs)})")
+        folder.mkdir(parents=True, exist_ok=True)
+        files = static.File(str(folder), defaultType="application/octet-stream")
+        files.contentTypes.update({".repo": "text/plain", ".xml": "text/xml"})
+        return files
+
+
 class GatingApp(Application):
     def __init__(self) -> None:
         super().__init__(__name__, "buildbot-gating: the gate's queues", ui=False)
@@ -94,6 +123,7 @@ class GatingApp(Application):
         api.putChild(b"queue", QueueResource(self))
         api.putChild(b"approve", ApproveResource(self))
         self.resource.putChild(b"api", api)
+        self.resource.putChild(b"repos", ReposResource(self))
 
 
 ep = GatingApp()

@@ -1,6 +1,8 @@
 """The README's first command, run as written: it starts the demo master with its
-workers, the web UI answers on http://127.0.0.1:8010 and shows the sample pipeline's
-builds, all passing; Ctrl-C stops everything."""
+workers, the web UI answers on http://127.0.0.1:8010; the demo's change goes through the
+gate with the local build backend (scratch build on a worker, install test from the
+overlay, export): its RPM appears in the local destination repository after the merge,
+and the merge runs the sample pipeline; all builds pass; Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -64,30 +66,45 @@ def demo(tmp_path: Path):
                 proc.kill()
 
 
-def test_readme_run_command_serves_ui_with_sample_pipeline_builds(demo):
+def test_readme_run_command_gates_a_change_and_serves_the_ui(demo):
     proc, basedir = demo
     assert b"<html" in get("").lower()
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         builds = api("builds?complete=true")["builds"]
         names = {b["builderid"]: b["name"] for b in api("builders")["builders"]}
-        done = {names[b["builderid"]]: b["results"] for b in builds}
+        done: dict[str, list[int]] = {}
+        for b in builds:
+            done.setdefault(names[b["builderid"]], []).append(b["results"])
         if "sample" in done:
             break
         time.sleep(1)
     else:
-        pytest.fail("the sample pipeline did not finish")
+        pytest.fail(f"the gate and the sample pipeline did not finish: {done}")
     assert done == {
-        "sample": 0,
-        "sample/build/x86_64": 0,
-        "sample/lint/x86_64": 0,
-        "sample/lint/aarch64": 0,
-        "sample/inspect/x86_64": 0,
-        "sample/test/aarch64": 0,
+        "gate": [0],
+        "gate/build/master": [0],
+        "gate/install/x86_64": [0],
+        "gate/export/master": [0],
+        "gating-rpmbuild": [0, 0],  # the scratch build, then the release build
+        "sample": [0],
+        "sample/build/x86_64": [0],
+        "sample/lint/x86_64": [0],
+        "sample/lint/aarch64": [0],
+        "sample/inspect/x86_64": [0],
+        "sample/test/aarch64": [0],
     }
-    # The run was started by a commit to the sample project, through the git poller.
+    # The change merged, and its RPM is in the local destination repository.
+    with urllib.request.urlopen(UI + "plugins/gating/api/queue", timeout=10) as resp:
+        queue = json.load(resp)
+    assert [i["state"] for i in queue["finished"]] == ["merged"]
+    repo = basedir / "master" / "backend" / "local" / "tags" / "demo"
+    assert [p.name for p in repo.glob("Packages/*/*.rpm")] == ["hello-gating-1.0-1.noarch.rpm"]
+    listing = get("plugins/gating/repos/tags/demo/repodata/repomd.xml")
+    assert b"primary" in listing
+    # The sample pipeline ran on the merge, through the git poller.
     changes = api("changes")["changes"]
-    assert [c["project"] for c in changes] == ["sample-distgit"]
+    assert {c["project"] for c in changes} == {"sample-distgit"}
     # Console, grid and waterfall views are installed.
     index = get("").decode()
     for view in ("console_view", "grid_view", "waterfall_view"):
