@@ -418,7 +418,11 @@ class ScratchBuild(_BuiltinStep):
                 failed.append(f"{package} at {rev[:12]}: {value.getErrorMessage()}")
                 yield self.say(f"{package} at {rev[:12]}: FAILED: {value.getErrorMessage()}")
         if failed:
-            self.descriptionDone = [f"scratch build failed: {failed[0]}"[:250]]
+            reason = f"scratch build failed: {'; '.join(failed)}"
+            self.descriptionDone = [reason[:250]]
+            gate = _gate(self.master)
+            if item["change"] and gate is not None:
+                yield gate.job_failed(item["change"], item["attempt"], reason)
             return results.FAILURE
         name = overlaymod.overlay_name(
             item["queue"], item["change"], item["attempt"], self.build.buildid

@@ -353,6 +353,12 @@ class GateScheduler(ReconfigurableBaseScheduler):
         return bool(box and box[0])
 
     @defer.inlineCallbacks
+    def job_failed(self, key: str, attempt: int, reason: str) -> Any:
+        """A built-in job of the item's attempt failed: the item fails now, with the reason
+        (e.g. the failed koji task and its log), without waiting for the pipeline's end."""
+        yield self._event(lambda gate: gate.job_result(key, attempt, False, reason))
+
+    @defer.inlineCallbacks
     def export_failed(self, key: str, attempt: int, reason: str) -> Any:
         yield self._event(lambda gate: gate.export_failed(key, attempt, reason))
 

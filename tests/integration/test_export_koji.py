@@ -1,0 +1,266 @@
+"""The gate with the koji backend: a real master and workers, real git, and the koji hub
+test server (real ``rpmbuild``, ``createrepo_c``) reached only through the ``koji`` library.
+
+Exports land in gate order (from koji's tag history); in promote mode no build task runs
+while the export lock is held (the lock's own hold intervals against the hub's task log);
+scratch builds are made once per (package, commit); a failed task fails the item with its
+id and log link; hub faults delay but never lose or duplicate a build or a tag."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.test_export_local import approve, spec, wait_finished
+from tests.integration.test_gate import git, propose
+from tests.support.koji_hub import KojiTestHub
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("rpmbuild", "createrepo_c", "git")),
+    reason="needs rpmbuild, createrepo_c and git",
+)
+
+USER, PASSWORD = "gating-bot", "koji-s3cret"
+DEST, CANDIDATE = "rdo-liberty", "rdo-liberty-candidate"
+
+
+def make_seeds(base: Path) -> None:
+    for project, version in (("nova", "12.0.0"), ("ceilometer", "8.0.0")):
+        repo = base / "seeds" / project
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "--initial-branch=main")
+        (repo / f"{project}.spec").write_text(spec(project, version))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"Import {project} {version}")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    with KojiTestHub(tmp_path_factory.mktemp("hub"), first_event_id=2**31 + 5) as hub:
+        hub.add_user(USER, PASSWORD, perms=["repo"])
+        hub.create_tag("rdo-build", arches="x86_64")
+        hub.create_tag(DEST)
+        hub.create_tag(CANDIDATE)
+        hub.create_target("rdo-liberty", "rdo-build", DEST)
+        yield hub
+
+
+def seed_destination(hub: KojiTestHub, base: Path) -> None:
+    """The liberty repository before the gate: nova 12.0.0 and ceilometer 8.0.0, built
+    and tagged in koji (once per hub), and a repo of it."""
+    from gating.kojiclient import KojiSession, KojiSettings
+
+    if hub.tagged(DEST):
+        return
+    settings = KojiSettings(
+        server=hub.url, topurl=hub.topurl, auth="password", user=USER, password=PASSWORD
+    )
+    with KojiSession(settings) as session:
+        for project in ("nova", "ceilometer"):
+            seed = base / "seeds" / project
+            head = git(seed, "rev-parse", "HEAD").strip()
+            task = session.build_from_scm(f"git+file://{seed}#{head}", "rdo-liberty", False)
+            session.wait_task(task, poll_interval=0.2)
+        event = session.latest_event()
+        session.new_repo(DEST)
+        session.wait_repo(DEST, event.id, poll_interval=0.2)
+
+
+def koji_site(make_site, hub: KojiTestHub, mode: str):
+    site = make_site("export-local", start=False)
+    make_seeds(site.basedir)
+    seed_destination(hub, site.basedir)
+    conf = site.config_dir / "gating.yaml"
+    data = yaml.safe_load(conf.read_text())
+    data["backend"] = {
+        "type": "koji",
+        "server": hub.url,
+        "topurl": hub.topurl,
+        "auth": "password",
+        "user": USER,
+        "password-secret": "koji-password",
+        "target": "rdo-liberty",
+        "destination-tag": DEST,
+        "candidate-tag": CANDIDATE,
+        "export-mode": mode,
+        "poll-interval": 1,
+    }
+    conf.write_text(yaml.safe_dump(data))
+    secret = site.master_dir / "secrets" / "koji-password"
+    secret.write_text(PASSWORD)
+    secret.chmod(0o600)
+    site.start()
+    return site
+
+
+@pytest.fixture(scope="module")
+def rebuild_site(make_site, hub):
+    return koji_site(make_site, hub, "rebuild")
+
+
+def scratch_tasks(hub: KojiTestHub) -> list[dict]:
+    return [t for t in hub.tasks("build") if (t["request"][2] or {}).get("scratch")]
+
+
+def release_tasks(hub: KojiTestHub) -> list[dict]:
+    return [t for t in hub.tasks("build") if not (t["request"][2] or {}).get("scratch")]
+
+
+def dest_history(hub: KojiTestHub) -> list[tuple[int, str, str]]:
+    """(event id, action, nvr) of the destination tag, read through the koji library."""
+    from gating.kojiclient import KojiSession, KojiSettings
+
+    with KojiSession(KojiSettings(server=hub.url, topurl=hub.topurl)) as session:
+        events = session.tag_history([DEST], None).events
+    return [(e.event_id, e.action, e.nvr) for e in events]
+
+
+def test_exports_land_in_gate_order_from_koji_tag_history(rebuild_site, hub):
+    site = rebuild_site
+    a = propose(site, "nova", {"nova.spec": spec("nova", "12.0.1"), "DURATION": "8"}, "nova 12.0.1")
+    b = propose(
+        site,
+        "ceilometer",
+        {"ceilometer.spec": spec("ceilometer", "8.0.1"), "DURATION": "0"},
+        "ceilometer 8.0.1",
+    )
+    approve(site, "nova", a)
+    approve(site, "ceilometer", b)
+    done = wait_finished(site, [f"nova~{a}", f"ceilometer~{b}"])
+    assert [done[k]["state"] for k in (f"nova~{a}", f"ceilometer~{b}")] == [
+        "merged",
+        "merged",
+    ], json.dumps(done, indent=1)
+    tagged = [nvr for _e, action, nvr in dest_history(hub) if action == "tag"]
+    assert tagged[-2:] == ["nova-12.0.1-1", "ceilometer-8.0.1-1"]  # after the seeds
+    # B finished its tests long before A (8 s of tests): its export still waited for A's.
+    packstack = {
+        site.properties(b_["buildid"]).get("gating_change"): b_
+        for b_ in site.builds_of("packstack/packstack/x86_64")
+    }
+    assert packstack[f"ceilometer~{b}"]["complete_at"] < packstack[f"nova~{a}"]["complete_at"]
+    # One scratch build per (package, commit): B reused A's nova build from A's overlay.
+    commits = [(t["request"][0]) for t in scratch_tasks(hub)]
+    assert len(commits) == len(set(commits)) == 2, commits
+    # B's packstack installed A's nova from its overlay (koji scratch RPMs).
+    log = site.step_log(packstack[f"ceilometer~{b}"]["buildid"], "run")
+    assert "installed: nova-12.0.1-1.noarch" in log.splitlines(), log
+
+
+def test_a_failed_koji_task_fails_the_item_with_the_task_and_its_log(rebuild_site, hub):
+    site = rebuild_site
+    hub.fail_builds("ceilometer")
+    try:
+        b = propose(
+            site, "ceilometer", {"ceilometer.spec": spec("ceilometer", "8.0.9")}, "broken"
+        )
+        approve(site, "ceilometer", b)
+        done = wait_finished(site, [f"ceilometer~{b}"])
+    finally:
+        hub.fail_builds(None)
+    item = done[f"ceilometer~{b}"]
+    assert item["state"] == "dequeued"
+    failed = [t for t in hub.tasks("build") if t["state"] == 5]  # koji.TASK_STATES FAILED
+    assert failed
+    task_id = failed[-1]["id"]
+    assert f"koji task {task_id}" in item["reason"], item["reason"]
+    assert f"{hub.topurl}/work/tasks/" in item["reason"], item["reason"]
+    assert "ceilometer-8.0.9-1" not in hub.tagged(DEST)
+
+
+def test_hub_faults_delay_but_never_lose_or_duplicate_a_build_or_a_tag(rebuild_site, hub):
+    site = rebuild_site
+    before_builds = len(hub.tasks("build"))
+    a = propose(site, "nova", {"nova.spec": spec("nova", "12.0.5")}, "nova 12.0.5")
+    hub.fail_next(kind="offline", duration=30)
+    started = time.monotonic()
+    approve(site, "nova", a)
+    time.sleep(5)
+    hub.fail_next(kind="refused", duration=3)
+    hub.fail_next(3, kind="http500")
+    done = wait_finished(site, [f"nova~{a}"], timeout=400)
+    assert done[f"nova~{a}"]["state"] == "merged", json.dumps(done, indent=1)
+    assert time.monotonic() - started >= 30  # delayed by the offline hub
+    new = hub.tasks("build")[before_builds:]
+    assert sorted((t["request"][2] or {}).get("scratch", False) for t in new) == [False, True]
+    assert [e for e in dest_history(hub) if e[2] == "nova-12.0.5-1"] == [
+        e for e in dest_history(hub) if e[2] == "nova-12.0.5-1" and e[1] == "tag"
+    ][:1]
+    assert hub.tagged(DEST).count("nova-12.0.5-1") == 1
+
+
+def propose_series(site, project: str, versions: list[str]) -> list[int]:
+    """Changes that build on one another (each one's parent is the previous change)."""
+    import re
+    import subprocess
+
+    work = site.basedir / "dev" / f"{project}-series-{time.monotonic_ns()}"
+    git(site.basedir, "clone", "-q", str(site.master_dir / "git" / f"{project}.git"), str(work))
+    numbers = []
+    for version in versions:
+        (work / f"{project}.spec").write_text(spec(project, version))
+        (work / "DURATION").write_text("3")
+        git(work, "add", "-A")
+        git(work, "commit", "-q", "-m", f"{project} {version}")
+        out = subprocess.run(
+            ["git", "push", "origin", "HEAD:refs/for/main"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        numbers.append(int(re.search(rf"change {project}~(\d+)", out.stdout + out.stderr)[1]))
+    return numbers
+
+
+def test_promote_mode_holds_the_export_lock_without_any_build_task(make_site, hub):
+    site = koji_site(make_site, hub, "promote")
+    before = {t["id"] for t in hub.tasks()}
+    versions = [f"13.0.{i}" for i in range(1, 6)]
+    numbers = propose_series(site, "nova", versions)
+    for number in numbers:
+        approve(site, "nova", number)
+    keys = [f"nova~{n}" for n in numbers]
+    done = wait_finished(site, keys, timeout=600)
+    assert [done[k]["state"] for k in keys] == ["merged"] * 5, json.dumps(done, indent=1)
+
+    # Gate order in the destination tag.
+    tagged = [nvr for _e, action, nvr in dest_history(hub) if action == "tag"]
+    assert tagged[-5:] == [f"nova-{v}-1" for v in versions]
+
+    # The lock's hold intervals (recorded by the master for the benchmark), one per item,
+    # in gate order and never overlapping ...
+    holds = [
+        json.loads(line)
+        for line in (site.master_dir / "export-holds.jsonl").read_text().splitlines()
+    ]
+    holds = [h for h in holds if h["change"] in keys]
+    assert [h["change"] for h in holds] == keys
+    for first, second in zip(holds, holds[1:], strict=False):
+        assert first["end"] <= second["start"]
+    # ... and no build task of the hub ran inside any of them.
+    builds = [
+        (start, end)
+        for task_id, method, start, end in hub.task_log
+        if method in ("build", "buildArch", "buildSRPMFromSCM") and task_id not in before
+    ]
+    assert builds
+    for hold in holds:
+        for start, end in builds:
+            assert end is not None and (end <= hold["start"] or start >= hold["end"]), (
+                hold,
+                start,
+                end,
+            )
+
+    # Scratch builds reused: one per distinct (package, commit), five items on one package.
+    new_scratch = [t for t in scratch_tasks(hub) if t["id"] not in before]
+    urls = [t["request"][0] for t in new_scratch]
+    assert len(urls) == len(set(urls)) == 5
+    # Candidates were built during testing and moved: none is left in the candidate tag.
+    assert not [n for n in hub.tagged(CANDIDATE) if n.startswith("nova-13.")]
