@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gating.backend import BackendConfig
 from gating.diagnostics import Collector, ConfigError
 from gating.site import Project, Site, load_config, parse_site, pipeline_files
 
@@ -323,3 +324,73 @@ def test_single_pipeline_file_errors_use_the_path_as_given(monkeypatch):
         "broken/missing_job.yaml:3:12: stage 2 names job 'rpmlnt', which is not defined in "
         "'jobs'; did you mean 'rpmlint'?"
     ]
+
+
+# -- the build backend -------------------------------------------------------------------
+
+
+def test_the_backend_defaults_to_local():
+    site, errors = parse("title: x\n")
+    assert errors == []
+    assert site.backend == BackendConfig()
+    assert (site.backend.kind, site.backend.mode, site.backend.destination_tag) == (
+        "local",
+        "rebuild",
+        "dist",
+    )
+
+
+def test_a_koji_backend_is_read():
+    site, errors = parse(
+        textwrap.dedent(
+            """\
+            backend:
+              type: koji
+              server: https://koji.example.org/kojihub
+              topurl: https://koji.example.org/kojifiles
+              auth: password
+              user: gating
+              password-secret: koji-password
+              target: rdo-liberty
+              destination-tag: rdo-liberty
+              candidate-tag: rdo-liberty-candidate
+              export-mode: promote
+              poll-interval: 2
+            """
+        )
+    )
+    assert errors == []
+    b = site.backend
+    assert (b.kind, b.auth, b.user, b.password_secret, b.target, b.mode) == (
+        "koji",
+        "password",
+        "gating",
+        "koji-password",
+        "rdo-liberty",
+        "promote",
+    )
+    assert (b.candidate_tag, b.poll_interval) == ("rdo-liberty-candidate", 2.0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("backend: {type: obs}", "backend 'type': expected 'local' or 'koji', not 'obs'"),
+        ("backend: {type: koji, target: t}", "needs a 'profile', or 'server' and 'topurl'"),
+        ("backend: {type: koji, profile: koji}", "needs a 'target'"),
+        ("backend: {profile: koji}", "backend 'profile' applies to type 'koji' only"),
+        ("backend: {export-mode: promote}", "'export-mode: promote' needs a 'candidate-tag'"),
+        ("backend: {export-mode: fast}", "expected rebuild or promote"),
+        ("backend: {destination-tag: 'a/b'}", "'a/b' is not a valid tag or target name"),
+        (
+            "backend: {type: koji, profile: k, target: t, defines: {dist: .el9}}",
+            "backend 'defines' applies to type 'local' only",
+        ),
+        ("backend: {candidate-tag: dist}", "'candidate-tag' must differ from 'destination-tag'"),
+        ("backend: {type: koji, server: 'ftp://x', topurl: 'http://y', target: t}", "http"),
+        ("backend: {colour: blue}", "colour"),
+    ],
+)
+def test_bad_backend_settings_are_named(text, message):
+    _site, errors = parse(text)
+    assert errors and any(message in e for e in errors), errors
