@@ -1,0 +1,311 @@
+"""gating.buildjobs on Buildbot's fake master: the built-in jobs' steps against a fake gate
+and a fake backend service, so the order of the export's parts is checked call by call.
+(The real thing, with real builds, runs in tests/integration/test_export_*.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import TestBuildStepMixin
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from gating.backend import Release
+from gating.buildjobs import SERVICE_NAME, BackendService, Export, ScratchBuild
+from gating.localbackend import NVRConflict
+from tests.test_steps import silence_deprecations
+
+A = "a" * 40
+B = "b" * 40
+GATE_PROPS = {
+    "gating_queue": "rdo",
+    "gating_change": "ceilometer~2",
+    "gating_attempt": 1,
+    "gating_project": "ceilometer",
+    "gating_merge_commit": B,
+    "gating_ahead": [
+        {"change": "nova~1", "project": "nova", "merge_commit": A, "revision": A}
+    ],
+}
+
+
+@dataclass
+class FakeBuild:
+    package: str
+    commit: str
+    nvr: str
+    reused: bool = False
+
+
+class FakeBackend:
+    """What the export step does to the backend, in order."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def tag(self, tag: str, nvr: str) -> bool:
+        self.calls.append(f"tag {tag} {nvr}")
+        return True
+
+    def untag(self, tag: str, nvr: str) -> bool:
+        self.calls.append(f"untag {tag} {nvr}")
+        return True
+
+    def publish_repo(self, tag: str) -> str:
+        self.calls.append(f"repo {tag}")
+        return "7"
+
+
+class FakeService:
+    def __init__(self, mode: str = "rebuild") -> None:
+        self.calls: list[str] = []
+        self.config = SimpleNamespace(
+            mode=mode, destination_tag="rdo-liberty", candidate_tag="rdo-candidate"
+        )
+        self.backend = FakeBackend(self.calls)
+        self.release_error: Exception | None = None
+        self.scratch_error: dict[str, Exception] = {}
+
+    def release(self, project: str, commit: str, step: Any) -> defer.Deferred:
+        self.calls.append(f"release {project} {commit[:4]}")
+        if self.release_error is not None:
+            return defer.fail(self.release_error)
+        return defer.succeed(Release(project, commit, f"{project}-8.0.1-1"))
+
+    def candidate(self, project: str, commit: str, step: Any) -> defer.Deferred:
+        self.calls.append(f"candidate {project} {commit[:4]}")
+        return defer.succeed(Release(project, commit, f"{project}-8.0.1-1", url="http://k/t/9"))
+
+    def scratch(self, project: str, commit: str, step: Any) -> defer.Deferred:
+        self.calls.append(f"scratch {project} {commit[:4]}")
+        if project in self.scratch_error:
+            return defer.fail(self.scratch_error[project])
+        return defer.succeed(FakeBuild(project, commit, f"{project}-1-1", reused=project == "nova"))
+
+    def make_overlay(self, name: str, builds: list[Any], prefix: str | None) -> defer.Deferred:
+        self.calls.append(f"overlay {name} {[b.nvr for b in builds]} {prefix}")
+        url = f"http://m/plugins/gating/repos/overlays/{name}/"
+        return defer.succeed((Path("/x"), url, f"http://m/r/{name}.repo", "[gating-x]\n"))
+
+
+class FakeGate:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.grant: defer.Deferred = defer.Deferred()
+        self.landed = True
+
+    def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
+        self.calls.append(f"acquire {key} {attempt}")
+        return self.grant
+
+    def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
+        self.calls.append(f"tagging {nvr}")
+        return defer.succeed(None)
+
+    def export_landed(self, key: str, attempt: int, nvr: str) -> defer.Deferred:
+        self.calls.append(f"landed {key} {nvr}")
+        return defer.succeed(self.landed)
+
+    def export_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
+        self.calls.append(f"export failed {key}: {reason}")
+        return defer.succeed(None)
+
+    def job_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
+        self.calls.append(f"job failed {key}: {reason}")
+        return defer.succeed(None)
+
+
+class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        silence_deprecations(self)
+        self.setup_test_reactor()
+        yield self.setup_test_build_step()
+
+    def wire(self, step: Any, mode: str = "rebuild", props: dict | None = None) -> None:
+        self.service = FakeService(mode)
+        self.gate = FakeGate(self.service.calls)
+        self.master.service_manager = SimpleNamespace(namedServices={SERVICE_NAME: self.service})
+        self.master.scheduler_manager = SimpleNamespace(namedServices={"gate": self.gate})
+        self.setup_step(step)
+        for name, value in (GATE_PROPS if props is None else props).items():
+            self.build.setProperty(name, value, "gate")
+
+    # -- koji-export ------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_rebuild_builds_only_inside_the_section_then_tags_waits_for_the_repo(self):
+        self.wire(Export())
+        self.expect_outcome(result=SUCCESS)
+        self.expect_property("gating_exported", "ceilometer-8.0.1-1", "export")
+        d = self.run_step()
+        # Waiting for the section: nothing built or tagged yet.
+        self.assertEqual(self.service.calls, ["acquire ceilometer~2 1"])
+        self.gate.grant.callback(None)
+        yield d
+        self.assertEqual(
+            self.service.calls,
+            [
+                "acquire ceilometer~2 1",
+                f"release ceilometer {B[:4]}",
+                "tagging ceilometer-8.0.1-1",
+                "tag rdo-liberty ceilometer-8.0.1-1",
+                "repo rdo-liberty",
+                "landed ceilometer~2 ceilometer-8.0.1-1",
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_promote_builds_the_candidate_before_the_section_and_only_moves_the_tag_in_it(
+        self,
+    ):
+        self.wire(Export(), mode="promote")
+        self.expect_outcome(result=SUCCESS)
+        d = self.run_step()
+        self.assertEqual(
+            self.service.calls, [f"candidate ceilometer {B[:4]}", "acquire ceilometer~2 1"]
+        )
+        self.gate.grant.callback(None)
+        yield d
+        self.assertEqual(
+            self.service.calls[2:],
+            [
+                "tagging ceilometer-8.0.1-1",
+                "tag rdo-liberty ceilometer-8.0.1-1",
+                "untag rdo-candidate ceilometer-8.0.1-1",
+                "repo rdo-liberty",
+                "landed ceilometer~2 ceilometer-8.0.1-1",
+            ],
+        )
+        self.assertFalse(any(c.startswith("release") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_an_nvr_conflict_fails_the_export_and_tags_nothing(self):
+        self.wire(Export())
+        self.service.release_error = NVRConflict("ceilometer-8.0.1-1", B, A)
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertEqual(
+            self.service.calls[-1],
+            "export failed ceilometer~2: NVR ceilometer-8.0.1-1 already built from a "
+            "different commit: bump Release",
+        )
+        self.assertFalse(any(c.startswith("tag ") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_a_stale_attempt_is_not_reported_landed(self):
+        self.wire(Export())
+        self.gate.grant.callback(None)
+        self.gate.landed = False
+        from buildbot.process.results import CANCELLED
+
+        self.expect_outcome(result=CANCELLED)
+        yield self.run_step()
+
+    @defer.inlineCallbacks
+    def test_outside_the_gate_nothing_is_exported(self):
+        self.wire(Export(), props={})
+        self.expect_outcome(result=SKIPPED)
+        yield self.run_step()
+        self.assertEqual(self.service.calls, [])
+
+    # -- koji-scratch-build -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_scratch_builds_of_the_item_and_the_items_ahead_make_one_overlay(self):
+        self.wire(ScratchBuild())
+        self.expect_outcome(result=SUCCESS)
+        self.expect_property(
+            "gating_overlay_url",
+            "http://m/plugins/gating/repos/overlays/gate-rdo-ceilometer-2-1/",
+            "scratch-build",
+        )
+        self.expect_property("gating_repo_file", "[gating-x]\n", "scratch-build")
+        self.expect_property(
+            "gating_scratch_builds",
+            [
+                {"package": "nova", "commit": A, "nvr": "nova-1-1", "reused": True},
+                {"package": "ceilometer", "commit": B, "nvr": "ceilometer-1-1", "reused": False},
+            ],
+            "scratch-build",
+        )
+        yield self.run_step()
+        self.assertEqual(
+            self.service.calls,
+            [
+                f"scratch nova {A[:4]}",
+                f"scratch ceilometer {B[:4]}",
+                "overlay gate-rdo-ceilometer-2-1 ['nova-1-1', 'ceilometer-1-1'] "
+                "gate-rdo-ceilometer-2-",
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_a_failed_scratch_build_fails_the_item_at_once_with_the_reason(self):
+        self.wire(ScratchBuild())
+        self.service.scratch_error["nova"] = RuntimeError(
+            "koji task 41 (build) failed: http://k/work/tasks/41/"
+        )
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertIn(
+            f"job failed ceilometer~2: scratch build failed: nova at {A[:12]}: "
+            "koji task 41 (build) failed: http://k/work/tasks/41/",
+            self.service.calls,
+        )
+        self.assertFalse(any(c.startswith("overlay") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_an_item_ahead_without_a_merge_commit_is_named(self):
+        props = dict(GATE_PROPS, gating_ahead=[{"change": "nova~1", "project": "nova"}])
+        self.wire(ScratchBuild(), props=props)
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertEqual(self.service.calls, [])
+
+
+class OnceTests(unittest.TestCase):
+    """BackendService._once: one build per key at a time, every caller gets its outcome."""
+
+    def service(self) -> BackendService:
+        svc = BackendService.__new__(BackendService)
+        svc._inflight = {}
+        return svc
+
+    def test_callers_of_a_running_key_share_one_build(self):
+        svc = self.service()
+        started: list[defer.Deferred] = []
+
+        def make() -> defer.Deferred:
+            started.append(defer.Deferred())
+            return started[-1]
+
+        first = svc._once(("nova", A, "scratch"), make)
+        second = svc._once(("nova", A, "scratch"), make)
+        other = svc._once(("nova", B, "scratch"), make)
+        self.assertEqual(len(started), 2)
+        started[0].callback("built")
+        self.assertEqual(self.successResultOf(first), "built")
+        self.assertEqual(self.successResultOf(second), "built")
+        self.assertNoResult(other)
+        # Finished keys start again (the backend then finds the cached build).
+        svc._once(("nova", A, "scratch"), make)
+        self.assertEqual(len(started), 3)
+
+    def test_a_failure_reaches_every_caller_and_a_cancelled_caller_does_not_stop_the_build(
+        self,
+    ):
+        svc = self.service()
+        running: defer.Deferred = defer.Deferred()
+        first = svc._once(("nova", A, "scratch"), lambda: running)
+        second = svc._once(("nova", A, "scratch"), lambda: running)
+        first.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        running.errback(RuntimeError("rpmbuild failed"))
+        self.failureResultOf(second, RuntimeError)
