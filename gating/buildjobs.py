@@ -510,6 +510,7 @@ class Export(_BuiltinStep):
         except Exception as exc:  # every backend error fails the item, with its message
             reason = str(exc) or type(exc).__name__
             yield self.say(f"export failed: {reason}")
+            # The gate untags what this attempt may have tagged when it reports the item.
             yield gate.export_failed(key, attempt, reason)
             self.descriptionDone = [f"export failed: {reason}"[:250]]
             return results.FAILURE

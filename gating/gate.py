@@ -411,6 +411,31 @@ class GateScheduler(ReconfigurableBaseScheduler):
                         0, waiter.errback, QueueError(f"{key} attempt {attempt} is not current")
                     )
 
+    @defer.inlineCallbacks
+    def _roll_back_export(self, key: str) -> Any:
+        """A change that leaves the gate unmerged must not leave its RPM in the destination:
+        if its export got as far as the tag (e.g. the master died before the merge and its
+        new attempt failed), the tag is undone."""
+        assert self.gate is not None
+        item = next((i for i in reversed(self.gate.finished) if i.key == key), None)
+        export = item.info.get("export") if item is not None else None
+        if not export or item.info.get("export_rolled_back"):
+            return
+        svc = self.master.service_manager.namedServices.get("gating-backend")
+        if svc is None:
+            return
+        try:
+            removed = yield threads.deferToThread(svc.backend.untag, export["tag"], export["nvr"])
+        except Exception as exc:
+            log.err(exc, f"gate: cannot untag {export['nvr']} of unmerged {key}")
+            item.history.append(f"could not untag {export['nvr']} from {export['tag']}: {exc}")
+            return
+        item.info["export_rolled_back"] = True
+        if removed:
+            item.history.append(f"untagged {export['nvr']} from {export['tag']} (not merged)")
+            if svc.backend.kind == "koji":
+                yield threads.deferToThread(svc.backend.publish_repo, export["tag"])
+
     def _current(self, key: str, attempt: int, *states: State) -> Item | None:
         assert self.gate is not None
         item = self.gate.find(key)
@@ -443,6 +468,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
             return (yield self._merge(item))
         if isinstance(action, Report):
             project, number = action.key.rsplit("~", 1)
+            if action.status == "failed":
+                yield self._roll_back_export(action.key)
             yield threads.deferToThread(
                 self.forge.set_result, project, int(number), action.status, action.reason
             )

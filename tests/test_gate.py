@@ -47,3 +47,64 @@ def test_run_ref_names_queue_change_and_attempt():
 
     item = Item(change=Change("nova", 7, "main", "a" * 40), queue="rdo", attempt=3)
     assert run_ref(item) == "refs/gating/rdo/nova/7/3"
+
+
+class _Backend:
+    kind = "local"
+
+    def __init__(self) -> None:
+        self.untagged: list[tuple[str, str]] = []
+
+    def untag(self, tag: str, nvr: str) -> bool:
+        self.untagged.append((tag, nvr))
+        return True
+
+
+@pytest.fixture
+def in_line(monkeypatch):
+    """Blocking calls run in line (no reactor, no threads) for these tests."""
+    from twisted.internet import defer
+
+    import gating.gate
+
+    monkeypatch.setattr(
+        gating.gate.threads, "deferToThread", lambda f, *a, **k: defer.maybeDeferred(f, *a, **k)
+    )
+
+
+def _scheduler_with(item: Item):
+    from types import SimpleNamespace
+
+    from gating.gate import GateScheduler
+    from gating.queue import Gate
+
+    backend = _Backend()
+
+    class Scheduler(GateScheduler):
+        master = SimpleNamespace(
+            service_manager=SimpleNamespace(
+                namedServices={"gating-backend": SimpleNamespace(backend=backend)}
+            )
+        )
+
+    scheduler = Scheduler.__new__(Scheduler)
+    scheduler.gate = Gate.for_projects({"nova": "rdo"})
+    scheduler.gate.finished.append(item)
+    return scheduler, backend
+
+
+def test_an_unmerged_change_whose_export_was_tagged_is_untagged(in_line):
+    item = Item(Change("nova", 1, "main", "a" * 40), "rdo")
+    item.info["export"] = {"nvr": "nova-12.0.1-1", "tag": "dist", "attempt": 1}
+    scheduler, backend = _scheduler_with(item)
+    d = scheduler._roll_back_export("nova~1")
+    assert d.called and backend.untagged == [("dist", "nova-12.0.1-1")]
+    assert item.history[-1] == "untagged nova-12.0.1-1 from dist (not merged)"
+    scheduler._roll_back_export("nova~1")  # once only
+    assert len(backend.untagged) == 1
+
+
+def test_an_unmerged_change_that_never_reached_its_tag_untags_nothing(in_line):
+    scheduler, backend = _scheduler_with(Item(Change("nova", 1, "main", "a" * 40), "rdo"))
+    assert scheduler._roll_back_export("nova~1").called
+    assert backend.untagged == []
