@@ -116,6 +116,7 @@ def test_job_steps_are_pinned(basedir):
     build = builders["sample/build/x86_64"].factory
     assert step_names(build) == [
         "checkout",
+        "repo-file",
         "run",
         "collect-output",
         "output-properties",
