@@ -96,6 +96,9 @@ class BackendConfig:
     check_build_deps: bool = True
     build_arch: str = "x86_64"
     retry_total: float = 600.0
+    # Where koji's builders clone a project from: a template with {project}; None: the
+    # master's SCM mirror as a file URL (a hub on the master's host).
+    scm_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,10 @@ class BackendService(service.BuildbotService):
         return self.scm_root() / f"{project}.git"
 
     def scm_url(self, project: str, commit: str) -> str:
+        """What koji builds from: the SCM mirror, where every built commit is on a branch
+        (koji's checkout is a plain clone)."""
+        if self.config.scm_url:
+            return self.config.scm_url.format(project=project) + f"#{commit}"
         return f"git+file://{self.scm_repo(project)}#{commit}"
 
     def public_dirs(self) -> dict[str, Path]:

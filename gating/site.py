@@ -48,6 +48,9 @@
       target: rdo-liberty                # build target of the non-scratch builds
       scratch-target: rdo-liberty        # of the scratch builds (default: target)
       poll-interval: 5                   # seconds between task polls
+      scm-url: git+https://gating.example.org/scm/{project}.git   # where koji clones from
+                                         # (serve BASEDIR/backend/scm/ there); default:
+                                         # git+file:// of that folder (a hub on this host)
 
 The site configuration is trusted: it is what the admin deploys.
 """
@@ -131,13 +134,14 @@ BACKEND_STRINGS = {
     "destination-tag": "destination_tag",
     "candidate-tag": "candidate_tag",
     "build-arch": "build_arch",
+    "scm-url": "scm_url",
 }
 BACKEND_KEYS = frozenset(
     {*BACKEND_STRINGS, "type", "auth", "export-mode", "poll-interval", "defines",
      "check-build-deps"}
 )
 KOJI_ONLY = ("profile", "server", "topurl", "weburl", "auth", "user", "password-secret", "cert",
-             "serverca", "principal", "keytab", "target", "scratch-target")
+             "serverca", "principal", "keytab", "target", "scratch-target", "scm-url")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 
@@ -310,6 +314,17 @@ def _backend(r: Reader, node: Node) -> BackendConfig | None:
                 ("http://", "https://")
             ):
                 r.fail(f[key], f"backend '{key}': expected an http:// or https:// URL")
+                continue
+            if key == "scm-url" and (
+                "{project}" not in value
+                or not value.startswith(("git+https://", "git+http://", "git://", "git+file://"))
+                or any(c in value for c in "#?\n ")
+            ):
+                r.fail(
+                    f[key],
+                    "backend 'scm-url': expected a git URL template with {project}, e.g. "
+                    "git+https://gating.example.org/scm/{project}.git",
+                )
                 continue
             kw[attr] = value
     if kind == "local":

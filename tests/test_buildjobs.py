@@ -309,3 +309,25 @@ class OnceTests(unittest.TestCase):
         self.failureResultOf(first, defer.CancelledError)
         running.errback(RuntimeError("rpmbuild failed"))
         self.failureResultOf(second, RuntimeError)
+
+
+class ScmUrlTests(unittest.TestCase):
+    def service(self, scm_url: str | None) -> BackendService:
+        from gating.backend import BackendConfig
+
+        svc = BackendService.__new__(BackendService)
+        svc.config = BackendConfig(kind="koji", scm_url=scm_url)
+        svc.root = Path("/srv/gating/backend")
+        return svc
+
+    def test_koji_builds_from_the_masters_scm_mirror_by_default(self):
+        self.assertEqual(
+            self.service(None).scm_url("nova", A),
+            f"git+file:///srv/gating/backend/scm/nova.git#{A}",
+        )
+
+    def test_a_site_serving_the_mirror_names_its_url(self):
+        self.assertEqual(
+            self.service("git+https://gating.example.org/scm/{project}.git").scm_url("nova", A),
+            f"git+https://gating.example.org/scm/nova.git#{A}",
+        )

@@ -356,6 +356,7 @@ def test_a_koji_backend_is_read():
               candidate-tag: rdo-liberty-candidate
               export-mode: promote
               poll-interval: 2
+              scm-url: git+https://gating.example.org/scm/{project}.git
             """
         )
     )
@@ -370,6 +371,7 @@ def test_a_koji_backend_is_read():
         "promote",
     )
     assert (b.candidate_tag, b.poll_interval) == ("rdo-liberty-candidate", 2.0)
+    assert b.scm_url == "git+https://gating.example.org/scm/{project}.git"
 
 
 @pytest.mark.parametrize(
@@ -389,6 +391,11 @@ def test_a_koji_backend_is_read():
         ("backend: {candidate-tag: dist}", "'candidate-tag' must differ from 'destination-tag'"),
         ("backend: {type: koji, server: 'ftp://x', topurl: 'http://y', target: t}", "http"),
         ("backend: {colour: blue}", "colour"),
+        (
+            "backend: {type: koji, profile: k, target: t, scm-url: 'https://x/{project}'}",
+            "backend 'scm-url': expected a git URL template with {project}",
+        ),
+        ("backend: {scm-url: 'git+https://x/{project}.git'}", "applies to type 'koji' only"),
     ],
 )
 def test_bad_backend_settings_are_named(text, message):
