@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.test_export_local import approve, spec, wait_finished
+from tests.integration.test_export_local import approve, make_seeds, spec, wait_finished
 from tests.integration.test_gate import git, propose
 from tests.support.koji_hub import KojiTestHub
 
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.skipif(
 
 USER, PASSWORD = "gating-bot", "koji-s3cret"
 DEST, CANDIDATE = "rdo-liberty", "rdo-liberty-candidate"
-
-
-def make_seeds(base: Path) -> None:
-    for project, version in (("nova", "12.0.0"), ("ceilometer", "8.0.0")):
-        repo = base / "seeds" / project
-        repo.mkdir(parents=True)
-        git(repo, "init", "-q", "--initial-branch=main")
-        (repo / f"{project}.spec").write_text(spec(project, version))
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", f"Import {project} {version}")
 
 
 @pytest.fixture(scope="module")
