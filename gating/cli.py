@@ -7,6 +7,10 @@
 * ``gating approve PROJECT CHANGE``: put a change of the embedded forge in the gate.
 * ``gating queue [--json]``: every gate queue with its items in order and their states.
 * ``gating demo``: create and run the embedded demo master with its workers.
+* ``gating compose-check LOCATION [--previous LOCATION] [--expected SUBVARIANT:TYPE:ARCH]...
+  [--json]``: the compose check report of a compose (http(s) URL, ``file://`` URL or path):
+  the images added and removed since the previous compose and the expected images it lacks;
+  exit 0 when no expected image is missing, 1 when some are, 2 when a compose cannot be read.
 
 ``approve`` and ``queue`` talk to the master's HTTP API (``--url``, default
 ``$GATING_URL`` or http://127.0.0.1:8010/).
@@ -136,6 +140,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args.basedir, port=args.port, pb_port=args.pb_port)
 
 
+def _expected_arg(text: str) -> dict[str, str]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SUBVARIANT:TYPE:ARCH")
+    return dict(zip(("subvariant", "type", "arch"), parts, strict=True))
+
+
+def cmd_compose_check(args: argparse.Namespace) -> int:
+    from gating import compose
+
+    try:
+        expected = compose.parse_expected(args.expected)
+        current = compose.read_location(args.location, timeout=args.timeout)
+        previous = None
+        if args.previous:
+            previous = compose.read_location(args.previous, timeout=args.timeout)
+    except (compose.ComposeError, ValueError) as exc:
+        print(f"gating compose-check: {exc}", file=sys.stderr)
+        return 2
+    report = compose.check(current, previous, expected, ())
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(compose.subject(report))
+        print()
+        sys.stdout.write(compose.render_text(report))
+    return 1 if report.missing_expected else 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gating", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -161,6 +195,27 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8010, help="web UI port")
     demo.add_argument("--pb-port", type=int, default=9989, help="port workers connect to")
     demo.set_defaults(func=cmd_demo)
+    ccheck = sub.add_parser(
+        "compose-check",
+        help="report on a compose: images added/removed, missing expected images",
+        description="Exit 0 when no expected image is missing, 1 when some are, "
+        "2 when a compose cannot be read.",
+    )
+    ccheck.add_argument("location", help="compose URL (http, https, file) or path")
+    ccheck.add_argument("--previous", metavar="LOCATION", help="the compose to compare with")
+    ccheck.add_argument(
+        "--expected",
+        metavar="SUBVARIANT:TYPE:ARCH",
+        action="append",
+        type=_expected_arg,
+        default=[],
+        help="an image the compose must have (repeatable)",
+    )
+    ccheck.add_argument("--json", action="store_true", help="print the report as JSON")
+    ccheck.add_argument(
+        "--timeout", type=float, default=30, help="seconds per HTTP request (default 30)"
+    )
+    ccheck.set_defaults(func=cmd_compose_check)
     return ap
 
 

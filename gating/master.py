@@ -29,10 +29,14 @@ from gating.forgepoller import CATEGORY, ForgeChangeSource
 from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
 from gating.gerritpoller import HANDLED_EVENTS, SecretGerritEventLogPoller
 from gating.inventory import Inventory
+from gating.kojievents import KINDS as KOJI_KINDS
+from gating.kojievents import WatchSet, watch_of
+from gating.kojipoller import KOJI_SCHEDULER, KojiEventScheduler, KojiEventSettings
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 from gating.plan import RPMBUILD_BUILDER, builder_name, coordinator_names, sorted_builders
-from gating.site import GatingConfig, Project, Site, load_config, repository_url
-from gating.steps import JobTrigger, RunPipeline, trigger_scheduler_name
+from gating.site import GatingConfig, Project, Site, koji_hub, load_config, repository_url
+from gating.siteevents import KojiEventsConfig
+from gating.steps import TRIGGER_PROPERTIES, JobTrigger, RunPipeline, trigger_scheduler_name
 
 CONFIG_ENV = "GATING_CONFIG"
 
@@ -162,6 +166,10 @@ def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -
             "GATING_REPO_FILE": _repo_file_path,
             "GATING_REPO_FILE_URL": util.Property("gating_repo_file_url", default=""),
             "GATING_OVERLAY_URL": util.Property("gating_overlay_url", default=""),
+            **{
+                f"GATING_{name.upper()}": util.Interpolate(f"%(prop:{name}:-)s")
+                for name in TRIGGER_PROPERTIES
+            },
         }
     )
     if job.input is not None:
@@ -406,7 +414,45 @@ def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
                 )
             )
     out.extend(_gate_scheduler(config, basedir))
+    out.extend(_koji_event_scheduler(config))
     return out
+
+
+def koji_watches(config: GatingConfig) -> WatchSet:
+    """Every ``koji_build`` / ``koji_tag`` trigger of the configuration."""
+    return WatchSet(
+        tuple(
+            watch_of(p.name, t.kind, dict(t.options))
+            for p in config.pipelines
+            for t in p.triggers
+            if t.kind in KOJI_KINDS
+        )
+    )
+
+
+def _koji_event_scheduler(config: GatingConfig) -> list[Any]:
+    site = config.site
+    assert site is not None
+    watches = koji_watches(config)
+    if not watches.watches:
+        return []
+    events = site.koji_events or KojiEventsConfig()
+    hub = koji_hub(site) or {}
+    settings = KojiEventSettings(
+        watches=watches,
+        source=events.source,
+        poll_interval=float(events.poll_interval),
+        server=hub.get("server"),
+        topurl=hub.get("topurl"),
+        weburl=hub.get("weburl"),
+        profile=hub.get("profile"),
+        amqp_url=events.amqp_url,
+        amqp_password_secret=events.amqp_password_secret,
+        amqp_queue=events.amqp_queue,
+        amqp_topics=events.amqp_topics,
+    )
+    builders = sorted({w.pipeline for w in watches.watches})
+    return [KojiEventScheduler(name=KOJI_SCHEDULER, builderNames=builders, settings=settings)]
 
 
 def _change_sources(site: Site, config: GatingConfig, basedir: Path) -> list[Any]:

@@ -189,6 +189,7 @@ def _check_export_placement(p: Pipeline, errors: Collector) -> None:
                     "pipeline's last stage (nothing may fail after an RPM landed)",
                 )
 
+
 def _check_runnable(p: Pipeline, job: Job, inventory: Inventory, errors: Collector) -> None:
     what = f"job '{job.name}'" + (
         f" (matrix entry {job.index})" if len(p.entries(job.name)) > 1 else ""

@@ -52,6 +52,9 @@
                                          # (serve BASEDIR/backend/scm/ there); default:
                                          # git+file:// of that folder (a hub on this host)
 
+The event stanzas ``koji-events``, ``composes``, ``task-repos`` and ``mail`` are documented
+in :mod:`gating.siteevents`.
+
 The site configuration is trusted: it is what the admin deploys.
 """
 
@@ -61,11 +64,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gating import siteevents
 from gating.backend import BackendConfig
 from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark, did_you_mean
 from gating.inventory import Inventory, Worker, load_inventory
 from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, Pipeline, load_pipeline_file
 from gating.plan import Plan, make_plan
+from gating.siteevents import ComposeWatch, KojiEventsConfig, MailConfig, TaskRepoConfig
 from gating.yamltree import Node, Reader, describe, load
 
 SITE_FILE = "gating.yaml"
@@ -90,6 +95,10 @@ SITE_KEYS = frozenset(
         "queues",
         "gerrit",
         "backend",
+        "koji-events",
+        "composes",
+        "task-repos",
+        "mail",
     }
 )
 PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
@@ -137,11 +146,32 @@ BACKEND_STRINGS = {
     "scm-url": "scm_url",
 }
 BACKEND_KEYS = frozenset(
-    {*BACKEND_STRINGS, "type", "auth", "export-mode", "poll-interval", "defines",
-     "check-build-deps"}
+    {
+        *BACKEND_STRINGS,
+        "type",
+        "auth",
+        "export-mode",
+        "poll-interval",
+        "defines",
+        "check-build-deps",
+    }
 )
-KOJI_ONLY = ("profile", "server", "topurl", "weburl", "auth", "user", "password-secret", "cert",
-             "serverca", "principal", "keytab", "target", "scratch-target", "scm-url")
+KOJI_ONLY = (
+    "profile",
+    "server",
+    "topurl",
+    "weburl",
+    "auth",
+    "user",
+    "password-secret",
+    "cert",
+    "serverca",
+    "principal",
+    "keytab",
+    "target",
+    "scratch-target",
+    "scm-url",
+)
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 
@@ -165,6 +195,10 @@ class Site:
     queue_settings: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     gerrit: Gerrit | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
+    koji_events: KojiEventsConfig | None = None
+    composes: tuple[ComposeWatch, ...] = ()
+    task_repos: TaskRepoConfig | None = None
+    mail: MailConfig | None = None
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -238,6 +272,14 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         backend = _backend(r, f["backend"])
         if backend is not None:
             kw["backend"] = backend
+    if "koji-events" in f:
+        kw["koji_events"] = siteevents.koji_events(r, f["koji-events"])
+    if "composes" in f:
+        kw["composes"] = siteevents.composes(r, f["composes"])
+    if "task-repos" in f:
+        kw["task_repos"] = siteevents.task_repos(r, f["task-repos"])
+    if "mail" in f:
+        kw["mail"] = siteevents.mail(r, f["mail"])
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -518,6 +560,7 @@ def load_config(path: str | Path) -> GatingConfig:
             errors.error(p.mark, f"pipeline '{p.name}' is also defined in {seen[p.name].file}")
         seen.setdefault(p.name, p)
     _check_trigger_projects(list(seen.values()), site, errors)
+    _check_event_triggers(list(seen.values()), site, errors)
     plan = make_plan(
         list(seen.values()), inventory, errors, site.coordinators, backend=site.backend
     )
@@ -552,6 +595,55 @@ def _check_trigger_projects(pipelines: list[Pipeline], site: Site, errors: Colle
                         f"the site's projects{did_you_mean(name, known)} "
                         f"(projects: {', '.join(known) or 'none'})",
                     )
+
+
+def koji_hub(site: Site) -> dict[str, str | None] | None:
+    """The hub koji events come from: ``koji-events``' own, else the koji backend's."""
+    ev = site.koji_events
+    if ev is not None and (ev.profile or ev.server):
+        return {
+            "profile": ev.profile,
+            "server": ev.server,
+            "topurl": ev.topurl,
+            "weburl": ev.weburl,
+        }
+    b = site.backend
+    if b.kind == "koji":
+        return {"profile": b.profile, "server": b.server, "topurl": b.topurl, "weburl": b.weburl}
+    return None
+
+
+def _check_event_triggers(pipelines: list[Pipeline], site: Site, errors: Collector) -> None:
+    composes = [c.name for c in site.composes]
+    amqp = site.koji_events is not None and site.koji_events.source == "amqp"
+    for pipeline in pipelines:
+        for trigger in pipeline.triggers:
+            if trigger.kind in ("koji_build", "koji_tag") and not amqp and koji_hub(site) is None:
+                errors.error(
+                    trigger.mark,
+                    f"trigger '{trigger.kind}' needs a koji hub: set 'koji-events' (a "
+                    "'profile', or 'server' and 'topurl') or a koji 'backend' in the site",
+                )
+            if trigger.kind == "compose":
+                names = trigger.option("location")
+                if not composes:
+                    errors.error(
+                        trigger.mark,
+                        "trigger 'compose': the site watches no compose locations ('composes')",
+                    )
+                for name in [names] if isinstance(names, str) else names or []:
+                    if composes and name not in composes:
+                        errors.error(
+                            trigger.mark,
+                            f"trigger 'compose' names location '{name}', which is not in the "
+                            f"site's composes{did_you_mean(name, composes)} "
+                            f"(composes: {', '.join(composes)})",
+                        )
+    if site.task_repos is not None and not amqp and koji_hub(site) is None:
+        errors.error(
+            Mark(str(Path(site.config_dir) / SITE_FILE)),
+            "'task-repos' run on koji builds: set 'koji-events' or a koji 'backend'",
+        )
 
 
 def repository_url(project: Project, site: Site) -> str:

@@ -14,6 +14,7 @@ from buildbot.process.properties import Properties
 from buildbot.schedulers.triggerable import Triggerable
 from twisted.internet import defer
 
+from gating.kojievents import EVENT_PROPERTIES
 from gating.pipeline import InstanceId, Pipeline
 from gating.rungraph import RESULT_NAMES, PipelineRun
 
@@ -28,6 +29,15 @@ GATE_PROPERTIES = (
     "gating_ahead",
     "gating_base",
     "gating_merge_commit",
+)
+# What started a pipeline run from an event (koji, compose), passed on to every job, which
+# also sees each as the environment variable GATING_<NAME> (see gating.master.job_factory).
+TRIGGER_PROPERTIES = (
+    *EVENT_PROPERTIES,
+    "compose_id",
+    "compose_name",
+    "compose_location",
+    "compose_status",
 )
 # Properties a job hands to the jobs of later stages (the overlay of koji-scratch-build).
 SHARED_PROPERTIES = (
@@ -117,7 +127,7 @@ class RunPipeline(buildstep.BuildStep):
     def _properties(self, inst: InstanceId) -> dict[str, Any]:
         gate = {
             name: self.getProperty(name)
-            for name in GATE_PROPERTIES
+            for name in (*GATE_PROPERTIES, *TRIGGER_PROPERTIES)
             if self.getProperty(name) is not None
         }
         return {

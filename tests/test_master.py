@@ -112,6 +112,22 @@ def test_job_steps_are_pinned(basedir):
         "GATING_REPO_FILE",
         "GATING_REPO_FILE_URL",
         "GATING_OVERLAY_URL",
+        # what started the run (koji event, compose), as its properties
+        "GATING_EVENT",
+        "GATING_NVR",
+        "GATING_NAME",
+        "GATING_VERSION",
+        "GATING_RELEASE",
+        "GATING_BUILD_ID",
+        "GATING_TASK_ID",
+        "GATING_TAG",
+        "GATING_OWNER",
+        "GATING_TARGET",
+        "GATING_KOJI_EVENT",
+        "GATING_COMPOSE_ID",
+        "GATING_COMPOSE_NAME",
+        "GATING_COMPOSE_LOCATION",
+        "GATING_COMPOSE_STATUS",
     }
     build = builders["sample/build/x86_64"].factory
     assert step_names(build) == [

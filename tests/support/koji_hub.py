@@ -697,6 +697,86 @@ class KojiTestHub:
             rows.sort(key=lambda r: r["create_event"], reverse=True)
             return [self._builds[r["build_id"]]["nvr"] for r in rows]
 
+    def import_build(
+        self,
+        name: str,
+        version: str,
+        release: str,
+        *,
+        owner: str = "kojiadmin",
+        target: str | None = None,
+    ) -> dict[str, Any]:
+        """A COMPLETE build made by someone else (no RPMs): a closed ``build`` task whose
+        request names ``target``, as a packager's ``koji build`` leaves behind."""
+        user = self.add_user(owner) if self._user_by_name(owner) is None else None
+        with self._lock:
+            uid = (user or self._user_by_name(owner))["id"]
+            nvr = f"{name}-{version}-{release}"
+            if any(b["nvr"] == nvr for b in self._builds.values()):
+                raise ValueError(f"build {nvr} exists")
+            now = time.time()
+            task = _Task(
+                id=next(self._task_ids),
+                method="build",
+                request=[f"git+https://src.example.org/rpms/{name}#0", target, {}],
+                owner=uid,
+                state=TASK["CLOSED"],
+                create_ts=now,
+                start_ts=now,
+                completion_ts=now,
+            )
+            self._tasks[task.id] = task
+            build_id = next(self._ids["build"])
+            package_id = self._packages.setdefault(name, next(self._ids["package"]))
+            event = self._new_event()
+            self._builds[build_id] = {
+                "id": build_id,
+                "package_id": package_id,
+                "name": name,
+                "version": version,
+                "release": release,
+                "epoch": None,
+                "nvr": nvr,
+                "state": BUILD["COMPLETE"],
+                "task_id": task.id,
+                "owner_id": uid,
+                "creation_event_id": event,
+                "creation_ts": now,
+                "start_ts": now,
+                "completion_ts": time.time(),
+                "source": task.request[0],
+                "extra": {},
+                "volume_id": 0,
+                "volume_name": "DEFAULT",
+                "draft": False,
+                "cg_id": None,
+                "cg_name": None,
+            }
+            self._changed.notify_all()
+            return self._build_info(self._builds[build_id])
+
+    def tag_build(self, tag: str, nvr: str, *, user: str = "kojiadmin") -> int:
+        """Tag a build as an admin would (no task); the tag event's id."""
+        if self._user_by_name(user) is None:
+            self.add_user(user)
+        with self._lock:
+            tinfo = self._tag(tag, strict=True)
+            binfo = self._build(nvr, strict=True)
+            uinfo = self._user_by_name(user)
+            assert tinfo is not None and binfo is not None and uinfo is not None
+            return self._tag_build(tinfo, binfo, uinfo["id"])
+
+    def untag_build(self, tag: str, nvr: str, *, user: str = "kojiadmin") -> None:
+        """Untag a build as an admin would (no task)."""
+        if self._user_by_name(user) is None:
+            self.add_user(user)
+        with self._lock:
+            tinfo = self._tag(tag, strict=True)
+            binfo = self._build(nvr, strict=True)
+            uinfo = self._user_by_name(user)
+            assert tinfo is not None and binfo is not None and uinfo is not None
+            self._untag(tinfo, binfo, uinfo["id"], strict=True)
+
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until no task is FREE or OPEN."""
         deadline = time.monotonic() + timeout

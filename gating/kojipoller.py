@@ -1,0 +1,243 @@
+"""The koji event scheduler: starts ``trigger: koji_build`` and ``trigger: koji_tag``
+pipelines (and the task repositories' tasks) when koji builds complete or are tagged.
+
+Events come from polling the hub (``source: poll``: one multicall per cycle, see
+:mod:`gating.kojievents`) or from the fedora-messaging bus (``source: amqp``, see
+:mod:`gating.kojiamqp`). The poll cursor and the keys of the events already fired are kept
+in the master's database (Buildbot's object state), so a restarted master neither misses
+nor repeats an event. As a Buildbot scheduler it is active on one master at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from buildbot.process.properties import Properties, Secret
+from buildbot.schedulers.base import ReconfigurableBaseScheduler
+from twisted.internet import defer, task, threads
+from twisted.python import log
+
+from gating.kojiclient import KojiSession, KojiSettings
+from gating.kojievents import (
+    Cursor,
+    KojiBuildEvent,
+    WatchSet,
+    advance,
+    detail_calls,
+    poll_calls,
+    with_details,
+)
+
+KOJI_SCHEDULER = "koji-events"
+CURSOR_KEY = "koji_cursor"
+FIRED_KEY = "koji_fired"
+# How many fired event keys are remembered (to drop duplicates from the message bus).
+FIRED_MEMORY = 2000
+
+
+@dataclass(frozen=True)
+class KojiEventSettings:
+    """What the scheduler watches and where events come from (hashable: Buildbot compares
+    it on reconfig)."""
+
+    watches: WatchSet
+    source: str = "poll"
+    poll_interval: float = 60.0
+    server: str | None = None
+    topurl: str | None = None
+    weburl: str | None = None
+    profile: str | None = None
+    amqp_url: str | None = None
+    amqp_password_secret: str | None = None
+    amqp_queue: str = "gating-koji"
+    amqp_topics: tuple[str, ...] = ()
+
+    def session(self) -> KojiSession:
+        """A read-only (anonymous) session: polling needs no login."""
+        if self.profile:
+            return KojiSession(KojiSettings.from_profile(self.profile))
+        assert self.server and self.topurl
+        return KojiSession(KojiSettings(server=self.server, topurl=self.topurl, weburl=self.weburl))
+
+
+class KojiEventScheduler(ReconfigurableBaseScheduler):
+    compare_attrs: ClassVar[tuple[str, ...]] = (
+        *ReconfigurableBaseScheduler.compare_attrs,
+        "settings",
+    )
+
+    settings: KojiEventSettings
+    # Called with each event after its pipelines were started (the task repositories).
+    on_event: Callable[[KojiBuildEvent], Any] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop: task.LoopingCall | None = None
+        self._loop_done: defer.Deferred | None = None
+        self._consumer: Any = None
+        self._session: KojiSession | None = None
+        self._cursor = Cursor()
+        self._fired: list[str] = []
+        self._lock = defer.DeferredLock()
+        self.polls = 0
+
+    def checkConfig(  # type: ignore[override]
+        self, builderNames: list[str], settings: KojiEventSettings, **kwargs: Any
+    ) -> None:
+        super().checkConfig(builderNames=builderNames, **kwargs)
+
+    @defer.inlineCallbacks
+    def reconfigService(  # type: ignore[override]
+        self, builderNames: list[str], settings: KojiEventSettings, **kwargs: Any
+    ) -> Any:
+        old = getattr(self, "settings", None)
+        self.settings = settings
+        if old is not None and old != settings and self._session is not None:
+            session, self._session = self._session, None
+            yield threads.deferToThread(session.close)
+        yield super().reconfigService(builderNames=builderNames, **kwargs)
+
+    # -- activity ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def activate(self) -> Any:
+        yield super().activate()
+        if not self.enabled:
+            return
+        self._cursor = Cursor.from_json((yield self.getState(CURSOR_KEY, None)))
+        self._fired = list((yield self.getState(FIRED_KEY, [])))
+        if self.settings.source == "amqp":
+            from gating.kojiamqp import KojiMessageConsumer
+
+            url = self.settings.amqp_url or ""
+            if self.settings.amqp_password_secret:
+                password = yield self.renderSecrets(Secret(self.settings.amqp_password_secret))
+                url = _with_password(url, password)
+            kwargs: dict[str, Any] = {}
+            if self.settings.amqp_topics:
+                kwargs["topics"] = self.settings.amqp_topics
+            self._consumer = KojiMessageConsumer(
+                url, self.settings.amqp_queue, on_event=self.fire, name=self.name, **kwargs
+            )
+            yield self._consumer.start()
+            return
+        self._loop = task.LoopingCall(self.poll)
+        self._loop_done = self._loop.start(self.settings.poll_interval, now=True)
+
+    @defer.inlineCallbacks
+    def deactivate(self) -> Any:
+        if self._loop is not None:
+            if self._loop.running:
+                self._loop.stop()
+            self._loop = None
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            yield consumer.stop()
+        yield self._lock.run(lambda: None)
+        if self._session is not None:
+            session, self._session = self._session, None
+            yield threads.deferToThread(session.close)
+        yield super().deactivate()
+
+    # -- polling ----------------------------------------------------------------------
+
+    def poll(self) -> defer.Deferred:
+        """One poll cycle (never fails: a hub error is logged and the next cycle retries
+        from the same cursor)."""
+        return self._lock.run(self._poll)
+
+    @defer.inlineCallbacks
+    def _poll(self) -> Any:
+        try:
+            cursor, events = yield threads.deferToThread(self._poll_blocking, self._cursor)
+        except Exception as exc:
+            log.msg(f"{self.name}: koji poll failed, retrying next cycle: {exc}")
+            return
+        self.polls += 1
+        for event in events:
+            yield self._fire(event)
+        self._cursor = cursor
+        yield self._save()
+
+    def _poll_blocking(self, cursor: Cursor) -> tuple[Cursor, list[KojiBuildEvent]]:
+        if self._session is None:
+            self._session = self.settings.session()
+        watches = self.settings.watches
+        results = self._session.multicall(poll_calls(cursor, watches, time.time()))
+        cursor, events = advance(cursor, watches, results)
+        calls = detail_calls(events, watches)
+        if calls:
+            events = with_details(events, watches, self._session.multicall(calls))
+        return cursor, events
+
+    # -- firing -----------------------------------------------------------------------
+
+    def fire(self, event: KojiBuildEvent) -> defer.Deferred:
+        """Start what an event triggers, once (events from the message bus land here)."""
+
+        @defer.inlineCallbacks
+        def run() -> Any:
+            fired = yield self._fire(event)
+            yield self._save()
+            return fired
+
+        return self._lock.run(run)
+
+    @defer.inlineCallbacks
+    def _fire(self, event: KojiBuildEvent) -> Any:
+        if event.key in self._fired:
+            log.msg(f"{self.name}: {event.describe()}: already handled ({event.key})")
+            return []
+        started = []
+        for pipeline in self.settings.watches.pipelines_for(event):
+            props = Properties()
+            for key, value in event.properties().items():
+                props.setProperty(key, value, "koji")
+            bsid, _ = yield self.addBuildsetForSourceStampsWithDefaults(
+                reason=f"{event.describe()} ({event.kind})",
+                sourcestamps=[],
+                properties=props,
+                builderNames=[pipeline],
+            )
+            started.append((pipeline, bsid))
+        if started:
+            log.msg(
+                f"{self.name}: {event.describe()}: started "
+                + ", ".join(f"{p} (buildset {b})" for p, b in started)
+            )
+        if self.on_event is not None:
+            try:
+                yield self.on_event(event)
+            except Exception as exc:
+                log.err(exc, f"{self.name}: {event.describe()}: task repositories")
+        self._fired.append(event.key)
+        del self._fired[:-FIRED_MEMORY]
+        return started
+
+    @defer.inlineCallbacks
+    def _save(self) -> Any:
+        yield self.setState(CURSOR_KEY, self._cursor.to_json())
+        yield self.setState(FIRED_KEY, list(self._fired))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "source": self.settings.source,
+            "cursor": self._cursor.to_json(),
+            "polls": self.polls,
+            "fired": len(self._fired),
+        }
+
+
+def _with_password(url: str, password: str) -> str:
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    user = parts.username or "guest"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
