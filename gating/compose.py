@@ -152,6 +152,31 @@ class Compose:
     release_short: str | None = None
     release_version: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "location": self.location,
+            "status": self.status,
+            "images": [image.to_json() for image in self.images],
+            "date": self.date,
+            "type": self.type,
+            "respin": self.respin,
+            "release_short": self.release_short,
+            "release_version": self.release_version,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Compose:
+        fields = {k: data.get(k) for k in ("date", "type", "respin", "release_short")}
+        return cls(
+            id=data["id"],
+            location=data["location"],
+            status=data.get("status"),
+            images=tuple(Image.from_json(i) for i in data.get("images", ())),
+            release_version=data.get("release_version"),
+            **fields,
+        )
+
 
 @dataclass(frozen=True)
 class Expected:

@@ -64,11 +64,15 @@ class KojiBuildEvent:
     target: str | None = None
     event_id: int | None = None
     tagged_by: str | None = None
+    message_id: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
-        """Identifies the event across sources (poller, message bus) and restarts."""
+        """Identifies the event across restarts and redeliveries: a build completes once; a
+        tagging is its koji event (polled) or its message (the bus carries no event id)."""
         if self.kind == KOJI_TAG:
+            if self.event_id is None and self.message_id:
+                return f"{KOJI_TAG}:{self.tag}:{self.build_id}:msg:{self.message_id}"
             return f"{KOJI_TAG}:{self.tag}:{self.build_id}:{self.event_id}"
         return f"{KOJI_BUILD}:{self.build_id}"
 
@@ -139,9 +143,13 @@ def watch_of(pipeline: str, kind: str, options: Mapping[str, Any]) -> Watch:
 
 @dataclass(frozen=True)
 class WatchSet:
-    """Every koji trigger of the configuration; derives what a poll cycle asks for."""
+    """Every koji trigger of the configuration; derives what a poll cycle asks for.
+
+    ``all_builds``: every completed build is an event, whether a trigger matches it or
+    not (the task repositories run on the builds of any package)."""
 
     watches: tuple[Watch, ...]
+    all_builds: bool = False
 
     @property
     def tags(self) -> tuple[str, ...] | None:
@@ -157,7 +165,7 @@ class WatchSet:
 
     @property
     def watches_builds(self) -> bool:
-        return any(w.kind == KOJI_BUILD for w in self.watches)
+        return self.all_builds or any(w.kind == KOJI_BUILD for w in self.watches)
 
     @property
     def needs_targets(self) -> bool:

@@ -10,9 +10,11 @@ nor repeats an event. As a Buildbot scheduler it is active on one master at a ti
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from buildbot.process.properties import Properties, Secret
@@ -22,14 +24,18 @@ from twisted.python import log
 
 from gating.kojiclient import KojiSession, KojiSettings
 from gating.kojievents import (
+    KOJI_BUILD,
     Cursor,
     KojiBuildEvent,
     WatchSet,
     advance,
+    build_target,
     detail_calls,
     poll_calls,
     with_details,
 )
+from gating.siteevents import TaskRepoConfig
+from gating.taskrunner import TASK_WORKDIR, TaskRepoRunner
 
 KOJI_SCHEDULER = "koji-events"
 CURSOR_KEY = "koji_cursor"
@@ -54,6 +60,9 @@ class KojiEventSettings:
     amqp_password_secret: str | None = None
     amqp_queue: str = "gating-koji"
     amqp_topics: tuple[str, ...] = ()
+    # With task repositories, every event also runs the tasks of its package's repository
+    # (gating.taskrunner); ``watches.all_builds`` makes every completed build an event.
+    task_repos: TaskRepoConfig | None = None
 
     def session(self) -> KojiSession:
         """A read-only (anonymous) session: polling needs no login."""
@@ -82,6 +91,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         self._cursor = Cursor()
         self._fired: list[str] = []
         self._lock = defer.DeferredLock()
+        self._runner: TaskRepoRunner | None = None
         self.polls = 0
 
     def checkConfig(  # type: ignore[override]
@@ -95,6 +105,9 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
     ) -> Any:
         old = getattr(self, "settings", None)
         self.settings = settings
+        if old is None or old.task_repos != settings.task_repos:
+            self._runner = None
+        self.on_event = self._run_tasks if settings.task_repos is not None else None
         if old is not None and old != settings and self._session is not None:
             session, self._session = self._session, None
             yield threads.deferToThread(session.close)
@@ -180,11 +193,34 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
 
         @defer.inlineCallbacks
         def run() -> Any:
-            fired = yield self._fire(event)
+            complete = event
+            if self._needs_target(event):
+                try:
+                    complete = yield threads.deferToThread(self._with_target, event)
+                except Exception as exc:
+                    log.msg(f"{self.name}: {event.describe()}: cannot read its target: {exc}")
+            fired = yield self._fire(complete)
             yield self._save()
             return fired
 
         return self._lock.run(run)
+
+    def _needs_target(self, event: KojiBuildEvent) -> bool:
+        """A build from the message bus carries no target; a ``target`` filter needs it."""
+        s = self.settings
+        return (
+            event.kind == KOJI_BUILD
+            and event.target is None
+            and event.task_id is not None
+            and s.watches.needs_targets
+            and bool(s.profile or (s.server and s.topurl))
+        )
+
+    def _with_target(self, event: KojiBuildEvent) -> KojiBuildEvent:
+        if self._session is None:
+            self._session = self.settings.session()
+        task = self._session.call("getTaskInfo", event.task_id, request=True)
+        return dataclasses.replace(event, target=build_target(task))
 
     @defer.inlineCallbacks
     def _fire(self, event: KojiBuildEvent) -> Any:
@@ -216,6 +252,14 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         self._fired.append(event.key)
         del self._fired[:-FIRED_MEMORY]
         return started
+
+    def _run_tasks(self, event: KojiBuildEvent) -> defer.Deferred:
+        """``on_event`` with task repositories: their tasks' builds for the event."""
+        if self._runner is None:
+            assert self.settings.task_repos is not None
+            workdir = Path(self.master.basedir) / TASK_WORKDIR
+            self._runner = TaskRepoRunner(self.settings.task_repos, workdir)
+        return self._runner.handle(self, event)
 
     @defer.inlineCallbacks
     def _save(self) -> Any:

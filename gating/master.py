@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot.config.errors import ConfigErrors
-from buildbot.plugins import changes, schedulers, secrets, steps, util, worker
+from buildbot.plugins import changes, reporters, schedulers, secrets, steps, util, worker
 from buildbot.process.factory import BuildFactory
 
 from gating import commands
@@ -23,6 +23,13 @@ from gating.buildjobs import (
     RPMBUILD_TRIGGER,
     BackendService,
     RegisterBuild,
+)
+from gating.composepoller import (
+    COMPOSE_SCHEDULER,
+    ComposeLocation,
+    ComposeReportGenerator,
+    ComposeScheduler,
+    ComposeSettings,
 )
 from gating.diagnostics import ConfigError
 from gating.forgepoller import CATEGORY, ForgeChangeSource
@@ -37,6 +44,7 @@ from gating.plan import RPMBUILD_BUILDER, builder_name, coordinator_names, sorte
 from gating.site import GatingConfig, Project, Site, koji_hub, load_config, repository_url
 from gating.siteevents import KojiEventsConfig
 from gating.steps import TRIGGER_PROPERTIES, JobTrigger, RunPipeline, trigger_scheduler_name
+from gating.taskrunner import TASK_BUILDER, task_builder
 
 CONFIG_ENV = "GATING_CONFIG"
 
@@ -415,7 +423,65 @@ def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
             )
     out.extend(_gate_scheduler(config, basedir))
     out.extend(_koji_event_scheduler(config))
+    out.extend(_compose_scheduler(config, basedir))
     return out
+
+
+def _compose_scheduler(config: GatingConfig, basedir: Path) -> list[Any]:
+    site = config.site
+    assert site is not None
+    if not site.composes:
+        return []
+    locations = []
+    for watch in site.composes:
+        pipelines = []
+        for p in config.pipelines:
+            for t in p.triggers:
+                names = t.option("location")
+                names = [names] if isinstance(names, str) else names
+                if t.kind == "compose" and (names is None or watch.name in names):
+                    pipelines.append(p.name)
+        locations.append(
+            ComposeLocation(
+                name=watch.name,
+                location=watch.location,
+                poll_interval=float(watch.poll_interval),
+                pipelines=tuple(dict.fromkeys(pipelines)),
+                expected=watch.expected,
+                nightly_tasks=watch.nightly_tasks,
+            )
+        )
+    hub = koji_hub(site) or {}
+    settings = ComposeSettings(
+        locations=tuple(locations),
+        reports_dir=str(basedir / "compose-reports"),
+        base_url=site.buildbot_url,
+        server=hub.get("server"),
+        topurl=hub.get("topurl"),
+        profile=hub.get("profile"),
+    )
+    builders = sorted({p for loc in locations for p in loc.pipelines})
+    return [ComposeScheduler(name=COMPOSE_SCHEDULER, builderNames=builders, settings=settings)]
+
+
+def _reporters(site: Site) -> list[Any]:
+    """Compose check reports by mail, through Buildbot's mail reporter."""
+    if site.mail is None or not site.composes:
+        return []
+    mail = site.mail
+    return [
+        reporters.MailNotifier(
+            fromaddr=mail.sender,
+            sendToInterestedUsers=False,
+            extraRecipients=list(mail.recipients),
+            relayhost=mail.relay,
+            smtpPort=mail.port,
+            useTls=mail.tls,
+            smtpUser=mail.user,
+            smtpPassword=util.Secret(mail.password_secret) if mail.password_secret else None,
+            generators=[ComposeReportGenerator()],
+        )
+    ]
 
 
 def koji_watches(config: GatingConfig) -> WatchSet:
@@ -434,8 +500,10 @@ def _koji_event_scheduler(config: GatingConfig) -> list[Any]:
     site = config.site
     assert site is not None
     watches = koji_watches(config)
-    if not watches.watches:
+    if not watches.watches and site.task_repos is None:
         return []
+    if site.task_repos is not None:  # the tasks run on the builds of every package
+        watches = WatchSet(watches.watches, all_builds=True)
     events = site.koji_events or KojiEventsConfig()
     hub = koji_hub(site) or {}
     settings = KojiEventSettings(
@@ -450,8 +518,11 @@ def _koji_event_scheduler(config: GatingConfig) -> list[Any]:
         amqp_password_secret=events.amqp_password_secret,
         amqp_queue=events.amqp_queue,
         amqp_topics=events.amqp_topics,
+        task_repos=site.task_repos,
     )
     builders = sorted({w.pipeline for w in watches.watches})
+    if site.task_repos is not None:
+        builders.append(TASK_BUILDER)
     return [KojiEventScheduler(name=KOJI_SCHEDULER, builderNames=builders, settings=settings)]
 
 
@@ -521,6 +592,9 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         "db": {"db_url": site.database},
         "protocols": {"pb": {"port": site.pb_port}},
         "buildbotNetUsageData": None,
+        # Every build request is its own run: two koji events or composes for one pipeline
+        # (requests without source stamps) must never be merged into one build.
+        "collapseRequests": False,
         "secretsProviders": [secrets.SecretInAFile(dirname=str(secrets_dir))],
     }
     workers: list[Any] = [
@@ -599,6 +673,9 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
                 properties={"gating_pipeline": pipeline.name},
             )
         )
+    if site.task_repos is not None:
+        pool = inventory.pool(site.task_repos.arch)
+        builders.append(task_builder(site.task_repos, [w.name for w in pool]))
     c["builders"] = builders
     c["schedulers"] = _schedulers(config, basedir)
     c["services"] = []
@@ -619,6 +696,7 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
                 JobTrigger(name=RPMBUILD_TRIGGER, builderNames=[RPMBUILD_BUILDER])
             )
     c["change_source"] = _change_sources(site, config, basedir)
+    c["services"].extend(_reporters(site))
     c["www"] = {
         "port": f"tcp:{site.www_port}:interface={site.www_interface}"
         if isinstance(site.www_port, int)

@@ -561,6 +561,7 @@ def load_config(path: str | Path) -> GatingConfig:
         seen.setdefault(p.name, p)
     _check_trigger_projects(list(seen.values()), site, errors)
     _check_event_triggers(list(seen.values()), site, errors)
+    _check_task_repos(site, inventory, errors)
     plan = make_plan(
         list(seen.values()), inventory, errors, site.coordinators, backend=site.backend
     )
@@ -644,6 +645,18 @@ def _check_event_triggers(pipelines: list[Pipeline], site: Site, errors: Collect
             Mark(str(Path(site.config_dir) / SITE_FILE)),
             "'task-repos' run on koji builds: set 'koji-events' or a koji 'backend'",
         )
+
+
+def _check_task_repos(site: Site, inventory: Inventory, errors: Collector) -> None:
+    """The task repositories' tasks run on the workers of the ``task-repos`` 'arch'."""
+    config = site.task_repos
+    if config is None or inventory.pool(config.arch):
+        return
+    errors.error(
+        config.mark,
+        f"task-repos: tasks run on the '{config.arch}' workers ('arch'), but no worker "
+        f"has that architecture (pools: {', '.join(inventory.arches()) or 'none'})",
+    )
 
 
 def repository_url(project: Project, site: Site) -> str:

@@ -26,6 +26,7 @@
       branches:                    # dist tag -> branch rules, first match wins
         - ['\\.fc(\\d+)', 'f\\1']
       default-branch: main
+      timeout: 3600                # a task's time limit (seconds) when its runtask.yaml sets none
     mail:                          # compose check reports by mail
       relay: 127.0.0.1
       port: 25
@@ -39,11 +40,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gating import arch as archmod
-from gating.diagnostics import did_you_mean
+from gating.diagnostics import Mark, did_you_mean
 from gating.yamltree import Node, Reader, describe
 
 KOJI_EVENTS_KEYS = frozenset(
@@ -97,7 +98,8 @@ class TaskRepoConfig:
     arch: str = "x86_64"
     branches: tuple[tuple[str, str], ...] | None = None
     default_branch: str | None = "main"
-    timeout: int = 3600
+    timeout: int = 3600  # a task's time limit when its runtask.yaml sets none
+    mark: Mark = field(default=Mark("<none>"), compare=False)  # where 'arch' is (or the stanza)
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def task_repos(r: Reader, node: Node) -> TaskRepoConfig | None:
     if "{package}" not in url:
         r.fail(f["url"], "task-repos 'url': expected a template with '{package}'")
         return None
-    kw: dict[str, object] = {}
+    kw: dict[str, object] = {"mark": f["arch"].mark if "arch" in f else node.mark}
     if "arch" in f:
         name = r.string(f["arch"], "task-repos 'arch'")
         canon = archmod.canonical(name) if name else None

@@ -194,6 +194,27 @@ def test_a_trigger_without_tags_watches_every_tag_with_one_query():
     assert "tag" not in calls[1].kwargs
 
 
+def test_all_builds_asks_for_every_completed_build_without_a_pipeline_to_start():
+    watches = WatchSet((), all_builds=True)
+    assert watches.watches_builds and not watches.watches_tags
+    calls = poll_calls(Cursor(event_id=5, complete_ts=1000.0), watches)
+    assert [c.method for c in calls] == ["getLastEvent", "listBuilds"]
+    build = {
+        "build_id": 3,
+        "nvr": "nova-1-1.fc40",
+        "name": "nova",
+        "version": "1",
+        "release": "1.fc40",
+        "completion_ts": 1001.0,
+    }
+    _, events = advance(
+        Cursor(event_id=5, complete_ts=1000.0), watches, [{"id": 6, "ts": 1002.0}, [build]]
+    )
+    assert [e.nvr for e in events] == ["nova-1-1.fc40"]
+    assert watches.pipelines_for(events[0]) == []
+    assert WatchSet((watch_of("p", KOJI_TAG, {}),), all_builds=True).watches_builds
+
+
 def test_package_globs_and_tag_filters():
     w = watch_of("p", KOJI_TAG, {"tag": ["a", "b"], "package": ["python-*", "nova"]})
     event = KojiBuildEvent(KOJI_TAG, 1, "python-x-1-1", "python-x", "1", "1", tag="a")

@@ -35,6 +35,8 @@ def step(factory, name):
 def test_demo_config_is_accepted_by_buildbot(basedir):
     config = gmaster.buildmaster_config(str(basedir), str(DEMO))
     loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    # requests are never merged: two events for one pipeline are two runs
+    assert loaded.collapseRequests is False
     assert [b.name for b in loaded.builders] == [
         "gate",
         "gate/install/x86_64",

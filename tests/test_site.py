@@ -401,3 +401,14 @@ def test_a_koji_backend_is_read():
 def test_bad_backend_settings_are_named(text, message):
     _site, errors = parse(text)
     assert errors and any(message in e for e in errors), errors
+
+
+def test_task_repos_on_an_arch_with_no_pool_is_an_error_at_the_arch(tmp_path):
+    site = tmp_path / "task-repos"
+    shutil.copytree(Path(__file__).parent / "integration" / "sites" / "task-repos", site)
+    conf = site / "gating.yaml"
+    conf.write_text(conf.read_text().replace("  arch: x86_64\n", "  arch: aarch64\n"))
+    assert config_errors(site) == [
+        "task-repos/gating.yaml:12:9: task-repos: tasks run on the 'aarch64' workers ('arch'), "
+        "but no worker has that architecture (pools: x86_64)"
+    ]

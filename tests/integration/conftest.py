@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gating.localsite import LocalSite, free_port
+from tests.support.rabbitmq import RabbitMQServer
 
 SITES = Path(__file__).parent / "sites"
 
@@ -65,3 +66,11 @@ def make_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield make
     for site in started:
         site.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    """A private RabbitMQ broker on loopback (``.amqp_url``; publish with
+    tests.support.rabbitmq.publish)."""
+    with RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server

@@ -100,13 +100,25 @@ def test_a_tag_event_triggers_its_pipeline_once_with_the_builds_properties(site,
 def test_a_restart_between_events_neither_repeats_nor_misses_one(site, hub):
     site.wait_for_build("on-tag", 1)
     site.stop()
-    # while the master is down: one event for each pipeline, and one that matches neither
+    # while the master is down: two tag events (found in one poll cycle: two runs, never
+    # merged into one), a completed nova build, and a build that matches no trigger
     hub.tag_build("f40-updates-testing", "nova-12.0.1-1.fc40")
-    hub.import_build("nova", "12.0.2", "1.fc40", owner="packager")
     hub.import_build("glance", "1.0", "1.fc40", owner="packager")
+    hub.tag_build("f40-updates", "glance-1.0-1.fc40")
+    hub.import_build("nova", "12.0.2", "1.fc40", owner="packager")
+    hub.import_build("neutron", "1.0", "1.fc40", owner="packager")
     site.start()
-    assert "nvr=nova-12.0.1-1.fc40 tag=f40-updates-testing" in job_output(site, "on-tag", 2)
+    said = sorted(
+        line
+        for n in (2, 3)
+        for line in job_output(site, "on-tag", n).splitlines()
+        if line.startswith("event=")
+    )
+    assert said == [
+        "event=koji_tag nvr=glance-1.0-1.fc40 tag=f40-updates owner=packager",
+        "event=koji_tag nvr=nova-12.0.1-1.fc40 tag=f40-updates-testing owner=packager",
+    ]
     assert "nvr=nova-12.0.2-1.fc40" in job_output(site, "on-build", 2)
     wait_for_polls(hub, 3)
-    assert [b["number"] for b in site.builds_of("on-tag")] == [1, 2]
+    assert [b["number"] for b in site.builds_of("on-tag")] == [1, 2, 3]
     assert [b["number"] for b in site.builds_of("on-build")] == [1, 2]

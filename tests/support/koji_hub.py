@@ -766,6 +766,32 @@ class KojiTestHub:
             assert tinfo is not None and binfo is not None and uinfo is not None
             return self._tag_build(tinfo, binfo, uinfo["id"])
 
+    def add_task(
+        self, method: str, request: list[Any], *, state: str = "OPEN", owner: str = "kojiadmin"
+    ) -> int:
+        """A task someone else started (a compose's image task, say), in ``state``."""
+        if self._user_by_name(owner) is None:
+            self.add_user(owner)
+        with self._lock:
+            uid = self._user_by_name(owner)["id"]  # type: ignore[index]
+            task = _Task(
+                id=next(self._task_ids), method=method, request=list(request), owner=uid
+            )
+            task.state = TASK[state]
+            if task.finished:
+                task.start_ts = task.completion_ts = time.time()
+            self._tasks[task.id] = task
+            self._changed.notify_all()
+            return task.id
+
+    def set_task_state(self, task_id: int, state: str) -> None:
+        with self._lock:
+            task = self._tasks[task_id]
+            task.state = TASK[state]
+            if task.finished:
+                task.completion_ts = time.time()
+            self._changed.notify_all()
+
     def untag_build(self, tag: str, nvr: str, *, user: str = "kojiadmin") -> None:
         """Untag a build as an admin would (no task)."""
         if self._user_by_name(user) is None:
