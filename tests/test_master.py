@@ -165,3 +165,20 @@ def test_broken_configuration_becomes_buildbot_config_errors(basedir, tmp_path):
         f"{conf}/pipelines/passing.yaml:4:21: job 'aa' runs on architecture 's390x', but no worker "
         "pool has that architecture (pools: x86_64, aarch64)"
     ]
+
+
+def test_nightly_and_dist_git_commit_triggers_become_buildbot_schedulers(basedir):
+    fixture = REPO_ROOT / "tests" / "fixtures" / "sites" / "multiarch"
+    config = gmaster.buildmaster_config(str(basedir), str(fixture))
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    nightly = loaded.schedulers["nightly:nightly:nova-distgit"]
+    kwargs = nightly._config_kwargs
+    assert (kwargs["hour"], kwargs["minute"], kwargs["builderNames"]) == (3, 30, ["nightly"])
+    demo = MasterConfig.loadFromDict(gmaster.buildmaster_config(str(basedir), str(DEMO)), "x")
+    commit = demo.schedulers["sample:commit:sample-distgit"]
+    assert type(commit).__name__ == "SingleBranchScheduler"
+    assert commit._config_kwargs["builderNames"] == ["sample"]
+    pollers = [c for c in demo.change_sources if type(c).__name__ == "GitPoller"]
+    assert [(p._config_kwargs["project"], p._config_kwargs["branches"]) for p in pollers] == [
+        ("sample-distgit", ["main"])
+    ]
