@@ -62,7 +62,7 @@ def test_fifty_watched_tags_cost_one_request_per_poll_cycle(site, hub):
     during = hub.rpc_log[before:]
     # every request of an idle master is one poll cycle: a single multicall of everything
     assert during, "no poll cycle in 5 s with a poll interval of 1 s"
-    assert 3 <= len(during) <= 7
+    assert len(during) <= 7  # at most one request per cycle of 1 s (slower cycles on a busy host)
     for method, calls, outcome in during:
         assert method == "multiCall" and outcome == "ok"
         assert calls == ("getLastEvent", *["queryHistory"] * 50, "listBuilds")
