@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -31,6 +32,7 @@ from twisted.internet import defer, threads
 from twisted.python import log
 from twisted.python.failure import Failure
 
+from gating import gaterpc
 from gating import overlay as overlaymod
 from gating.backend import BackendConfig, BuildBackend, Release, make_backend
 from gating.forge import git_env
@@ -269,13 +271,26 @@ class BackendService(service.BuildbotService):
         )
         bsid, brids = yield ids
         yield step.addURL(f"rpmbuild {project}@{commit[:12]}", self._buildset_url(bsid))
-        yield done
+        result, _brids = yield done
         outcome = self._registered.pop(token, None)
+        if outcome is None and result in (results.SUCCESS, results.WARNINGS):
+            # Registered by another master of the cluster (its worker took the build):
+            # the build is in the shared backend.
+            outcome = yield threads.deferToThread(self._kept, project, commit, scratch)
         if outcome is None:
             raise BuildError(f"{what} failed on the worker: see {self._buildset_url(bsid)}")
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    def _kept(self, project: str, commit: str, scratch: bool) -> Any:
+        """The build a worker made and another master registered (LocalBuild or None)."""
+        if scratch:
+            found = self.backend.find_scratch(project, commit)
+        else:
+            release = self.backend.find_release(project, commit)
+            found = self.backend.local.get_build(release.nvr) if release else None
+        return dataclasses.replace(found, reused=False) if found is not None else None
 
     def _buildset_url(self, bsid: int) -> str:
         return f"{self.master.config.buildbotURL}#/buildsets/{bsid}"
@@ -340,8 +355,33 @@ def _fire(d: defer.Deferred, outcome: Any) -> None:
         d.callback(outcome)
 
 
-def _gate(master: Any) -> Any:
-    return master.scheduler_manager.namedServices.get(GATE)
+class GateProxy:
+    """The gate as a built-in job reaches it: the local scheduler, or the master of the
+    cluster where it is active (:mod:`gating.gaterpc`)."""
+
+    def __init__(self, master: Any) -> None:
+        self.master = master
+
+    def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_acquire", key, attempt)
+
+    def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_tagging", key, attempt, nvr, tag)
+
+    def export_landed(self, key: str, attempt: int, nvr: str) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_landed", key, attempt, nvr)
+
+    def export_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_failed", key, attempt, reason)
+
+    def job_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
+        return gaterpc.call(self.master, "job_failed", key, attempt, reason)
+
+
+def _gate(master: Any) -> GateProxy | None:
+    if master.scheduler_manager.namedServices.get(GATE) is None:
+        return None
+    return GateProxy(master)
 
 
 class _BuiltinStep(buildstep.BuildStep):

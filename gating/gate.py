@@ -35,6 +35,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.python import log
 
 from gating import forge as forgemod
+from gating import gaterpc
 from gating import gerrit as gerritmod
 from gating.gerrit import GerritForge
 from gating.queue import (
@@ -150,6 +151,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     gate: Gate | None = None
     _consumer: Any = None
+    _calls: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -179,6 +181,11 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._consumer = yield self.master.mq.startConsuming(
             self._buildset_complete, ("buildsets", None, "complete")
         )
+        # Calls from the other masters of a cluster (their API, their built-in jobs).
+        self._calls = gaterpc.CallServer(
+            self.master, lambda method, args: gaterpc.handle(self, method, args)
+        )
+        yield self._calls.start()
         if self.settings.gerrit_url:
             yield self.startConsumingChanges(
                 change_filter=ChangeFilter(category="comment-added", project=list(queues))
@@ -190,7 +197,12 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self._consumer is not None:
             self._consumer.stopConsuming()
             self._consumer = None
+        if self._calls is not None:
+            self._calls.stop()
+            self._calls = None
         yield self._lock.run(lambda: None)
+        # Another master may take the gate over now: this one only reads the saved state.
+        self.gate = None
         yield super().deactivate()
 
     def _apply_queue_settings(self) -> None:
@@ -265,6 +277,18 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self.gate is None:
             return {"active": False, "queues": [], "waiting": [], "finished": []}
         return {"active": True, **self.gate.status()}
+
+    @defer.inlineCallbacks
+    def saved_status(self) -> Any:
+        """The queues as the active master last saved them (object state in the shared
+        database): what a master where the gate is not active shows."""
+        if self.gate is not None:
+            return self.status()
+        saved = yield self.getState(STATE_KEY, None)
+        if not saved:
+            return {"active": False, "queues": [], "waiting": [], "finished": []}
+        gate = Gate.from_json(json.loads(saved), self.settings.queues())
+        return {"active": False, **gate.status()}
 
     # -- events -----------------------------------------------------------------------
 

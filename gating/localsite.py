@@ -80,6 +80,12 @@ class LocalSite:
     basedir: Path
     www_port: int = 8010
     pb_port: int = 9989
+    # The inventory's workers this site runs (None: all). Two sites of one multi-master
+    # configuration split the workers between them: a worker connects to one master.
+    workers: tuple[str, ...] | None = None
+
+    def runs_worker(self, name: str) -> bool:
+        return self.workers is None or name in self.workers
 
     @property
     def config_dir(self) -> Path:
@@ -144,7 +150,7 @@ class LocalSite:
                 with os.fdopen(fd, "w") as fh:
                     fh.write(secrets.token_urlsafe(24))
             wdir = self.basedir / "workers" / w.name
-            if not (wdir / "buildbot.tac").exists():
+            if self.runs_worker(w.name) and not (wdir / "buildbot.tac").exists():
                 wdir.parent.mkdir(parents=True, exist_ok=True)
                 run_checked(
                     [
@@ -181,9 +187,10 @@ class LocalSite:
             )
         self.wait_for_ui(timeout)
         config = load_config(self.config_dir)
-        for w in config.workers:
-            self.start_worker(w.name)
-        self.wait_for_workers([w.name for w in config.workers], timeout)
+        names = [w.name for w in config.workers if self.runs_worker(w.name)]
+        for name in names:
+            self.start_worker(name)
+        self.wait_for_workers(names, timeout)
 
     def worker_dir(self, name: str) -> Path:
         return self.basedir / "workers" / name

@@ -24,6 +24,7 @@ from gating.buildjobs import (
     BackendService,
     RegisterBuild,
 )
+from gating.cluster import Liveness, set_claim_interval
 from gating.composepoller import (
     COMPOSE_SCHEDULER,
     ComposeLocation,
@@ -41,7 +42,15 @@ from gating.kojievents import WatchSet, watch_of
 from gating.kojipoller import KOJI_SCHEDULER, KojiEventScheduler, KojiEventSettings
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 from gating.plan import RPMBUILD_BUILDER, builder_name, coordinator_names, sorted_builders
-from gating.site import GatingConfig, Project, Site, koji_hub, load_config, repository_url
+from gating.site import (
+    GatingConfig,
+    MultiMaster,
+    Project,
+    Site,
+    koji_hub,
+    load_config,
+    repository_url,
+)
 from gating.siteevents import KojiEventsConfig
 from gating.steps import TRIGGER_PROPERTIES, JobTrigger, RunPipeline, trigger_scheduler_name
 from gating.taskrunner import TASK_BUILDER, task_builder
@@ -293,9 +302,18 @@ def _pipeline_projects(pipeline: Pipeline, site: Site, kind: str) -> list[Projec
     return []
 
 
+def shared_root(site: Site, basedir: Path) -> Path:
+    """What every master of a cluster must see the same: ``shared-dir`` (default: the
+    master's own directory)."""
+    if site.shared_dir is None:
+        return basedir
+    root = Path(site.shared_dir)
+    return root if root.is_absolute() else basedir / root
+
+
 def forge_root(site: Site, basedir: Path) -> Path:
     root = Path(site.forge_dir)
-    return root if root.is_absolute() else basedir / root
+    return root if root.is_absolute() else shared_root(site, basedir) / root
 
 
 def project_url(project: Project, site: Site, basedir: Path) -> str:
@@ -315,14 +333,14 @@ def _gerrit_settings(site: Site, basedir: Path) -> dict[str, Any]:
         "gerrit_password_secret": site.gerrit.password_secret,
         "gerrit_approvals": site.gerrit.approvals,
         "gerrit_git_url": site.gerrit.git_url,
-        "mirror_root": str(basedir / "gerrit-mirror"),
+        "mirror_root": str(shared_root(site, basedir) / "gerrit-mirror"),
     }
 
 
 def project_url_for(project: Project, site: Site, basedir: Path) -> str:
     """Where workers and pollers fetch a gated project from (forge or Gerrit mirror)."""
     if project.queue and site.gerrit is not None:
-        return str(basedir / "gerrit-mirror" / f"{project.name}.git")
+        return str(shared_root(site, basedir) / "gerrit-mirror" / f"{project.name}.git")
     return project_url(project, site, basedir)
 
 
@@ -454,7 +472,7 @@ def _compose_scheduler(config: GatingConfig, basedir: Path) -> list[Any]:
     hub = koji_hub(site) or {}
     settings = ComposeSettings(
         locations=tuple(locations),
-        reports_dir=str(basedir / "compose-reports"),
+        reports_dir=str(shared_root(site, basedir) / "compose-reports"),
         base_url=site.buildbot_url,
         server=hub.get("server"),
         topurl=hub.get("topurl"),
@@ -613,7 +631,7 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
     c["workers"] = workers
 
     builders = []
-    backend_root = basedir / "backend"
+    backend_root = shared_root(site, basedir) / "backend"
     for spec in sorted_builders(config.plan.builders):
         if spec.kind == "rpmbuild":
             builders.append(
@@ -697,6 +715,8 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
             )
     c["change_source"] = _change_sources(site, config, basedir)
     c["services"].extend(_reporters(site))
+    if site.multi_master is not None:
+        _multi_master(c, site.multi_master)
     c["www"] = {
         "port": f"tcp:{site.www_port}:interface={site.www_interface}"
         if isinstance(site.www_port, int)
@@ -705,6 +725,20 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         "change_hook_dialects": {},
     }
     return c
+
+
+def _multi_master(c: dict[str, Any], mm: MultiMaster) -> None:
+    """Buildbot's multi-master mode: the crossbar message queue, and the takeover timing
+    (gating.cluster) instead of Buildbot's 10-minute expiry and 5-minute claim polls."""
+    c["multiMaster"] = True
+    c["mq"] = {
+        "type": "wamp",
+        "router_url": mm.router_url,
+        "realm": mm.realm,
+        "wamp_debug_level": "error",
+    }
+    c["services"].append(Liveness(heartbeat=mm.heartbeat, expire_after=mm.expire_after))
+    set_claim_interval([*c["schedulers"], *c["change_source"]], mm.claim_interval)
 
 
 def buildmaster_config(basedir: str, config_dir: str | None = None) -> dict[str, Any]:

@@ -12,6 +12,10 @@
     coordinators: 20                     # pipeline runs at once (master-side workers)
     database: sqlite:///state.sqlite     # any SQLAlchemy URL Buildbot supports
     secrets-dir: secrets                 # Buildbot SecretInAFile directory, relative to the master
+    shared-dir: /srv/gating              # what every master of a cluster must see (default:
+                                         # the master's directory): the relative forge-dir,
+                                         # the build backend (backend/), compose reports and
+                                         # the Gerrit mirror are taken from here
     forge-dir: git                       # the embedded forge's bare repositories, idem
     workers: workers.yaml                # inventory file(s), relative to this directory
     pipelines: pipelines                 # folder of pipeline files, relative to this directory
@@ -52,6 +56,23 @@
                                          # (serve BASEDIR/backend/scm/ there); default:
                                          # git+file:// of that folder (a hub on this host)
 
+Two or more masters (Buildbot's multi-master mode) share ``database`` (PostgreSQL),
+``shared-dir`` (an absolute path on storage every master mounts) and a crossbar WAMP
+router; the gate scheduler and the pollers are active on one master at a time, and move
+to another within about ``expire-after`` + ``claim-interval`` seconds when it dies::
+
+    database: postgresql://gating@db.example.org/gating
+    shared-dir: /srv/gating
+    multi-master:
+      router-url: ws://mq.example.org:8080/ws   # crossbar (c['mq'] type wamp)
+      realm: realm1                      # the router's realm (default realm1)
+      heartbeat: 10                      # seconds between this master's liveness marks
+      expire-after: 60                   # a master silent this long is dead: its
+                                         # schedulers, pollers and builds are released
+                                         # (at least 3 heartbeats; Buildbot's own: 600)
+      claim-interval: 10                 # seconds between an idle master's attempts to
+                                         # take a released scheduler over (Buildbot's: 300)
+
 The event stanzas ``koji-events``, ``composes``, ``task-repos`` and ``mail`` are documented
 in :mod:`gating.siteevents`.
 
@@ -88,7 +109,9 @@ SITE_KEYS = frozenset(
         "coordinators",
         "database",
         "secrets-dir",
+        "shared-dir",
         "forge-dir",
+        "multi-master",
         "workers",
         "pipelines",
         "projects",
@@ -126,6 +149,23 @@ class Gerrit:
 
 
 GERRIT_KEYS = frozenset({"url", "user", "password-secret", "approvals", "git-url"})
+
+
+@dataclass(frozen=True)
+class MultiMaster:
+    """Buildbot's multi-master mode: the shared message queue and the takeover timing."""
+
+    router_url: str
+    realm: str = "realm1"
+    heartbeat: int = 10
+    expire_after: int = 60
+    claim_interval: int = 10
+    mark: Mark = field(default=Mark("<none>"), compare=False)
+
+
+MULTI_MASTER_KEYS = frozenset(
+    {"router-url", "realm", "heartbeat", "expire-after", "claim-interval"}
+)
 
 BACKEND_STRINGS = {
     "profile": "profile",
@@ -188,7 +228,9 @@ class Site:
     coordinators: int = 20
     database: str = "sqlite:///state.sqlite"
     secrets_dir: str = "secrets"
+    shared_dir: str | None = None
     forge_dir: str = "git"
+    multi_master: MultiMaster | None = None
     workers: tuple[str, ...] = ("workers.yaml",)
     pipelines: str = "pipelines"
     projects: tuple[Project, ...] = ()
@@ -235,6 +277,7 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         "www-interface",
         "database",
         "secrets-dir",
+        "shared-dir",
         "forge-dir",
     ):
         if key in f:
@@ -280,7 +323,68 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         kw["task_repos"] = siteevents.task_repos(r, f["task-repos"])
     if "mail" in f:
         kw["mail"] = siteevents.mail(r, f["mail"])
+    if "multi-master" in f:
+        kw["multi_master"] = _multi_master(r, f["multi-master"], f, kw)
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
+
+
+def _multi_master(
+    r: Reader, node: Node, site: dict[str, Node], kw: dict[str, object]
+) -> MultiMaster | None:
+    f = r.mapping(node, "'multi-master'", MULTI_MASTER_KEYS, required=("router-url",))
+    if not f or "router-url" not in f:
+        return None
+    ok = True
+    url = r.string(f["router-url"], "multi-master 'router-url'")
+    if url is not None and not re.match(r"^wss?://[^/\s]+/\S*$", url):
+        r.fail(
+            f["router-url"],
+            "multi-master 'router-url': expected the crossbar router's WebSocket URL, "
+            "e.g. ws://127.0.0.1:8080/ws",
+        )
+        url = None
+    values: dict[str, object] = {}
+    if "realm" in f:
+        realm = r.string(f["realm"], "multi-master 'realm'")
+        if realm is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", realm):
+            r.fail(f["realm"], f"multi-master 'realm': '{realm}' is not a WAMP realm name")
+            realm = None
+        ok = ok and realm is not None
+        values["realm"] = realm
+    for key in ("heartbeat", "expire-after", "claim-interval"):
+        if key in f:
+            seconds = r.integer(f[key], f"multi-master '{key}' (seconds)", minimum=1)
+            ok = ok and seconds is not None
+            values[key.replace("-", "_")] = seconds
+    heartbeat = values.get("heartbeat", MultiMaster.heartbeat)  # None: already reported
+    expire_after = values.get("expire_after", MultiMaster.expire_after)
+    too_short = isinstance(heartbeat, int) and isinstance(expire_after, int)
+    if too_short and expire_after < 3 * heartbeat:
+        r.fail(
+            f.get("expire-after") or f.get("heartbeat") or node,
+            f"multi-master 'expire-after' ({expire_after}s) must be at least 3 heartbeats "
+            f"({3 * heartbeat}s): a live master would be declared dead",
+        )
+        ok = False
+    database = str(kw.get("database", Site.database))
+    if database.startswith("sqlite"):
+        r.fail(
+            site.get("database") or node,
+            "multi-master needs a 'database' every master reaches (PostgreSQL, e.g. "
+            f"postgresql://gating@db.example.org/gating), not {database}",
+        )
+        ok = False
+    shared = kw.get("shared_dir")
+    if not isinstance(shared, str) or not Path(shared).is_absolute():
+        r.fail(
+            site.get("shared-dir") or node,
+            "multi-master needs 'shared-dir': an absolute path every master mounts (the "
+            "forge, the build backend and the compose reports live there)",
+        )
+        ok = False
+    if url is None or not ok:
+        return None
+    return MultiMaster(url, **values, mark=node.mark)  # type: ignore[arg-type]
 
 
 def _port(r: Reader, node: Node, key: str) -> int | str | None:

@@ -258,7 +258,9 @@ class RunPipeline(buildstep.BuildStep):
                         yield self.master.data.control(
                             "stop", {"reason": self._stopping}, ("builds", build["buildid"])
                         )
-                    if not builds:
+                    # No build yet, or only finished ones: a build of a master that died
+                    # is RETRY and its request waits for another master (multi-master).
+                    if not unfinished:
                         yield self.master.data.control(
                             "cancel", {"reason": self._stopping}, ("buildrequests", brid)
                         )

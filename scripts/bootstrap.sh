@@ -12,6 +12,8 @@ set -euo pipefail
 # libkrb5-dev / krb5-devel are needed to build gssapi (koji -> requests-gssapi).
 # rabbitmq-server: the tests start private brokers of their own (tests/support/rabbitmq.py);
 # the package's system service is not used, and is not started by the install (see below).
+# postgresql / postgresql-server: idem, private clusters (tests/support/postgres.py) for the
+# multi-master tests; production masters use a real server (ansible/).
 DEBIAN_PACKAGES=(
     git
     rpm
@@ -24,6 +26,7 @@ DEBIAN_PACKAGES=(
     curl
     cpio
     rabbitmq-server
+    postgresql
 )
 FEDORA_PACKAGES=(
     git
@@ -36,7 +39,13 @@ FEDORA_PACKAGES=(
     curl
     cpio
     rabbitmq-server
+    postgresql-server
 )
+
+# crossbar (the WAMP router of multi-master Buildbot) in a virtualenv of its own: it pulls
+# in ~100 packages (web3, numpy, ...) and pins idna==2.5, which the master's must not get;
+# its bjdata wheel is built against NumPy 1.
+CROSSBAR_PACKAGES=("crossbar==26.10.1" "numpy<2")
 
 MIN_PYTHON=(3 11)
 
@@ -169,6 +178,25 @@ python_packages() {
     log "python packages ok"
 }
 
+crossbar_virtualenv() {
+    local cbvenv="$REPO/.venv-crossbar" sum stamp
+    sum="$(printf '%s\n' "${CROSSBAR_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)"
+    stamp="$cbvenv/.installed-$sum"
+    if [[ -e "$stamp" && -x "$cbvenv/bin/crossbar" ]]; then
+        log "crossbar ok (up to date)"
+        return
+    fi
+    log "installing crossbar into $cbvenv"
+    rm -rf "$cbvenv"
+    "$VENV/bin/python" -m venv "$cbvenv" || die "could not create $cbvenv"
+    "$cbvenv/bin/pip" install --quiet --no-input --disable-pip-version-check \
+        "${CROSSBAR_PACKAGES[@]}" || die "pip install ${CROSSBAR_PACKAGES[*]} failed"
+    "$cbvenv/bin/crossbar" version >/dev/null 2>&1 || die "$cbvenv/bin/crossbar does not run"
+    touch "$stamp"
+    log "crossbar ok"
+}
+
 system_packages
 virtualenv
 python_packages
+crossbar_virtualenv

@@ -182,3 +182,47 @@ def test_nightly_and_dist_git_commit_triggers_become_buildbot_schedulers(basedir
     assert [(p._config_kwargs["project"], p._config_kwargs["branches"]) for p in pollers] == [
         ("sample-distgit", ["main"])
     ]
+
+
+def test_multi_master_uses_the_wamp_queue_fast_takeover_and_the_shared_directory(basedir, tmp_path):
+    conf = tmp_path / "config"
+    shutil.copytree(DEMO, conf)
+    site = conf / "gating.yaml"
+    site.write_text(
+        site.read_text().replace("database: sqlite:///state.sqlite\n", "")
+        + "database: postgresql://gating@db/gating\n"
+        "shared-dir: /srv/gating\n"
+        "multi-master:\n"
+        "  router-url: ws://mq:8080/ws\n"
+        "  heartbeat: 3\n"
+        "  expire-after: 15\n"
+        "  claim-interval: 4\n"
+    )
+    config = gmaster.buildmaster_config(str(basedir), str(conf))
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    assert loaded.multiMaster is True
+    assert loaded.mq == {
+        "type": "wamp",
+        "router_url": "ws://mq:8080/ws",
+        "realm": "realm1",
+        "wamp_debug_level": "error",
+    }
+    assert loaded.db.db_url == "postgresql://gating@db/gating"
+    liveness = loaded.services["gating-liveness"]
+    assert liveness._config_kwargs == {"heartbeat": 3, "expire_after": 15}
+    clustered = [*loaded.schedulers.values(), *loaded.change_sources]
+    assert {s.POLL_INTERVAL_SEC for s in clustered} == {4}
+    # Everything the masters must share is under shared-dir.
+    gate_settings = loaded.schedulers["gate"]._config_kwargs["settings"]
+    assert gate_settings.forge_root == "/srv/gating/git"
+    assert loaded.services["gating-backend"]._config_kwargs["root"] == "/srv/gating/backend"
+    upload = step(next(b for b in loaded.builders if b.name == "gating-rpmbuild").factory, "upload")
+    assert "/srv/gating/backend/incoming/" in repr(upload.kwargs["masterdest"])
+
+
+def test_one_master_keeps_the_simple_queue_and_its_own_directory(basedir):
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    assert "multiMaster" not in config and "mq" not in config
+    assert config["schedulers"][0].POLL_INTERVAL_SEC == 300  # Buildbot's own
+    gate = next(s for s in config["schedulers"] if s.name == "gate")
+    assert gate._config_kwargs["settings"].forge_root == str(basedir.resolve() / "git")

@@ -9,7 +9,7 @@ import pytest
 
 from gating.backend import BackendConfig
 from gating.diagnostics import Collector, ConfigError
-from gating.site import Project, Site, load_config, parse_site, pipeline_files
+from gating.site import MultiMaster, Project, Site, load_config, parse_site, pipeline_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SITES = FIXTURES / "sites"
@@ -411,4 +411,87 @@ def test_task_repos_on_an_arch_with_no_pool_is_an_error_at_the_arch(tmp_path):
     assert config_errors(site) == [
         "task-repos/gating.yaml:12:9: task-repos: tasks run on the 'aarch64' workers ('arch'), "
         "but no worker has that architecture (pools: x86_64)"
+    ]
+
+
+# -- multi-master -------------------------------------------------------------------
+
+
+def test_multi_master_is_read_with_defaults():
+    site, errors = parse(
+        """\
+        database: postgresql://gating@db/gating
+        shared-dir: /srv/gating
+        multi-master: {router-url: "ws://mq:8080/ws"}
+        """
+    )
+    assert errors == []
+    assert site.shared_dir == "/srv/gating"
+    assert site.multi_master == MultiMaster("ws://mq:8080/ws")
+    assert (site.multi_master.realm, site.multi_master.heartbeat) == ("realm1", 10)
+    assert (site.multi_master.expire_after, site.multi_master.claim_interval) == (60, 10)
+    site, errors = parse(
+        """\
+        database: postgresql://gating@db/gating
+        shared-dir: /srv/gating
+        multi-master:
+          router-url: wss://mq:8080/ws
+          realm: gating
+          heartbeat: 2
+          expire-after: 10
+          claim-interval: 1
+        """
+    )
+    assert errors == []
+    assert site.multi_master == MultiMaster("wss://mq:8080/ws", "gating", 2, 10, 1)
+
+
+def test_multi_master_needs_a_shared_database_and_directory():
+    _, errors = parse(
+        """\
+        shared-dir: shared
+        multi-master: {router-url: "ws://mq:8080/ws"}
+        """
+    )
+    assert errors == [
+        "gating.yaml:1:13: multi-master needs 'shared-dir': an absolute path every master "
+        "mounts (the forge, the build backend and the compose reports live there)",
+        "gating.yaml:2:15: multi-master needs a 'database' every master reaches (PostgreSQL, "
+        "e.g. postgresql://gating@db.example.org/gating), not sqlite:///state.sqlite",
+    ]
+
+
+def test_bad_multi_master_settings_are_all_reported():
+    _, errors = parse(
+        """\
+        database: sqlite:///state.sqlite
+        shared-dir: /srv/gating
+        multi-master:
+          router-url: http://mq:8080/ws
+          realm: "a b"
+          heartbeat: 0
+          expire-after: 20
+          claim: 3
+        """
+    )
+    assert errors == [
+        "gating.yaml:1:11: multi-master needs a 'database' every master reaches (PostgreSQL, "
+        "e.g. postgresql://gating@db.example.org/gating), not sqlite:///state.sqlite",
+        "gating.yaml:4:15: multi-master 'router-url': expected the crossbar router's WebSocket "
+        "URL, e.g. ws://127.0.0.1:8080/ws",
+        "gating.yaml:5:10: multi-master 'realm': 'a b' is not a WAMP realm name",
+        "gating.yaml:6:14: multi-master 'heartbeat' (seconds): expected an integer of at "
+        "least 1, got 0",
+        "gating.yaml:8:3: unknown key 'claim' in 'multi-master'",
+    ]
+    _, errors = parse(
+        """\
+        database: postgresql://db/gating
+        shared-dir: /srv/gating
+        multi-master: {router-url: "ws://mq/ws", heartbeat: 10, expire-after: 20}
+        """
+    )
+    assert errors == [
+        "gating.yaml:3:71: multi-master 'expire-after' (20s) must be at least 3 heartbeats "
+        "(30s): a live master would be declared dead"
     ]

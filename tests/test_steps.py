@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, SKIPPED, SUCCESS, WARNINGS
+from buildbot.process.results import (
+    CANCELLED,
+    EXCEPTION,
+    FAILURE,
+    RETRY,
+    SKIPPED,
+    SUCCESS,
+    WARNINGS,
+)
 from buildbot.test import fakedb
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import TestBuildStepMixin
@@ -430,8 +438,11 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     # -- links and stopping ------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def insert_request(self, builder_name: str, builderid: int, brid: int, build_number=None):
-        """A build request (and optionally its build) for FakeJobTrigger to report."""
+    def insert_request(
+        self, builder_name: str, builderid: int, brid: int, build_number=None, retried=False
+    ):
+        """A build request (and optionally its build, RETRY if ``retried``: its master
+        died) for FakeJobTrigger to report."""
         rows = [
             fakedb.Builder(id=builderid, name=builder_name),
             fakedb.Buildset(id=brid + 1000),
@@ -446,6 +457,7 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                     masterid=fakedb.FakeDBConnector.MASTER_ID,
                     builderid=builderid,
                     workerid=400,
+                    **({"complete_at": 1, "results": RETRY} if retried else {}),
                 )
             )
         yield self.master.db.insert_test_data(rows)
@@ -466,6 +478,27 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.assertEqual(
             urls, [("build[0]@x86_64 #3", "http://localhost:8080/#/builders/201/builds/3")]
         )
+
+    @defer.inlineCallbacks
+    def test_stopping_cancels_a_request_whose_build_died_with_its_master(self):
+        _, step = self.setup_pipeline(TWO_ARCHES)
+        yield self.insert_request("bb-build-0-x86_64", 201, 701, build_number=3, retried=True)
+        yield self.insert_request("bb-build-arm-0-aarch64", 202, 702, build_number=4)
+        self.expect_outcome(result=CANCELLED)
+        d = self.run_step()
+        self.master.mq.clearProductions()
+        yield step.interrupt("gate reset")
+        reason = {"reason": "pipeline run stopped: gate reset"}
+        self.assertEqual(
+            sorted(self.master.mq.productions),
+            [
+                (("control", "buildrequests", "701", "cancel"), reason),
+                (("control", "builds", "2702", "stop"), reason),
+            ],
+        )
+        self.trigger.finish("bb-build-0-x86_64", CANCELLED)
+        self.trigger.finish("bb-build-arm-0-aarch64", CANCELLED)
+        yield d
 
     @defer.inlineCallbacks
     def test_stopping_stops_running_jobs_and_starts_no_more(self):

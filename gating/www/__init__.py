@@ -4,11 +4,17 @@ at ``/plugins/gating/`` (enabled by ``c['www']['plugins']['gating']``).
 * ``GET  api/queue``: every queue with its items in order (``gating queue --json``);
 * ``POST api/approve`` ``{"project": P, "change": N}``: put a change in the gate
   (``gating approve P N``); errors are ``400 {"error": message}`` and change nothing;
+  ``503`` when no master of a cluster holds the gate within 30 s (a takeover);
 * ``GET  repos/overlays/<name>/...``: the overlay repositories of the built-in jobs,
   ``repos/repofiles/<name>.repo`` their ``.repo`` files, ``repos/tags/<tag>/...`` the
   local backend's tag repositories (what workers install from);
 * ``GET  api/compose-reports[/<compose id>]``: the compose check reports (JSON), and
   ``compose/[<compose id>]`` the same as HTML pages.
+
+The gate API answers on every master of a cluster (multi-master): where the gate
+scheduler is not active, ``api/queue`` reads the queues the active master saved in the
+shared database (``"active": false``), and ``api/approve`` is forwarded to the active
+master through the message queue (:mod:`gating.gaterpc`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.web import resource, server, static
 
+from gating import gaterpc
 from gating.composepoller import COMPOSE_SCHEDULER, list_reports, report_path
 from gating.queue import QueueError
 
@@ -50,11 +57,26 @@ class _GateResource(resource.Resource):
 
 
 class QueueResource(_GateResource):
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
         scheduler = self.scheduler()
         if scheduler is None:
             return _json(request, 404, {"error": "no gate is configured on this master"})
-        return _json(request, 200, scheduler.status())
+        if getattr(scheduler, "gate", None) is not None:
+            return _json(request, 200, scheduler.status())
+        # Not active here (another master of the cluster holds the gate, or none yet):
+        # the queues as last saved in the shared database.
+
+        def done(status: Any) -> None:
+            request.write(_json(request, 200, status))
+            request.finish()
+
+        def failed(f: Any) -> None:
+            log.err(f, "gate: queue")
+            request.write(_json(request, 500, {"error": "internal error; see the master log"}))
+            request.finish()
+
+        defer.maybeDeferred(scheduler.saved_status).addCallbacks(done, failed)
+        return server.NOT_DONE_YET
 
 
 class ApproveResource(_GateResource):
@@ -73,23 +95,27 @@ class ApproveResource(_GateResource):
                 request, 400, {"error": 'expected JSON {"project": NAME, "change": NUMBER}'}
             )
 
-        def done(_actions: Any) -> None:
-            item = scheduler.gate.find(f"{project}~{number}")
-            state = item.state.value if item else "unknown"
-            request.write(_json(request, 200, {"change": f"{project}~{number}", "state": state}))
+        def done(answer: dict[str, str]) -> None:
+            request.write(_json(request, 200, answer))
             request.finish()
 
         def failed(f: Any) -> None:
             from gating.forge import ForgeError
 
-            if f.check(QueueError, ForgeError):
+            if f.check(gaterpc.GateUnavailable):
+                request.write(_json(request, 503, {"error": str(f.value)}))
+            elif f.check(QueueError, ForgeError):
                 request.write(_json(request, 400, {"error": str(f.value)}))
             else:
                 log.err(f, "gate: approve")
                 request.write(_json(request, 500, {"error": "internal error; see the master log"}))
             request.finish()
 
-        d = defer.maybeDeferred(scheduler.approve, project, number)
+        # Straight to the local gate, or through the message queue to the master that
+        # holds it (multi-master; gating.gaterpc).
+        d = gaterpc.call(
+            self.app.master, "approve", project, number, deadline=gaterpc.APPROVE_DEADLINE
+        )
         d.addCallbacks(done, failed)
         return server.NOT_DONE_YET
 
