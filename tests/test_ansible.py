@@ -76,6 +76,58 @@ def test_site_playbook_loads_with_the_example_inventory(tmp_path):
 
 
 @needs_ansible
+def test_site_playbook_loads_with_the_two_master_example_inventory(tmp_path):
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "--syntax-check",
+            "-i",
+            str(ANSIBLE / "hosts-two-masters.yml"),
+            str(ANSIBLE / "site.yml"),
+        ],
+        cwd=tmp_path,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout + proc.stderr
+
+
+@needs_ansible
+def test_two_master_example_inventory_has_two_masters_a_router_and_shared_storage(tmp_path):
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-inventory"),
+            "-i",
+            str(ANSIBLE / "hosts-two-masters.yml"),
+            "--list",
+        ],
+        cwd=tmp_path,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    data = yaml.safe_load(proc.stdout)
+    masters = data["gating_masters"]["hosts"]
+    assert len(masters) == 2
+    assert data["gating_routers"]["hosts"] == [masters[0]]
+    shared = {data["_meta"]["hostvars"][m]["gating_master_shared_dir"] for m in masters}
+    assert len(shared) == 1 and shared.pop().startswith("/")
+
+
+def test_site_playbook_deploys_the_router_before_the_masters():
+    plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
+    hosts = [play["hosts"] for play in plays]
+    assert hosts.index("gating_routers") < hosts.index("gating_masters", 1)
+    router_play = plays[hosts.index("gating_routers")]
+    assert [r["role"] for r in router_play["roles"]] == ["gating_crossbar"]
+
+
+@needs_ansible
 def test_example_inventory_has_a_pool_per_architecture(tmp_path):
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-inventory"), "-i", str(ANSIBLE / "inventory.example"), "--list"],
