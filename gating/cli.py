@@ -5,6 +5,7 @@
 * ``gating plan PATH [--json]``: the per-architecture stages of every pipeline and the
   builders they become.
 * ``gating approve PROJECT CHANGE``: put a change of the embedded forge in the gate.
+* ``gating dequeue PROJECT CHANGE [--reason TEXT]``: take a change out of the gate.
 * ``gating queue [--json]``: every gate queue with its items in order and their states.
 * ``gating demo``: create and run the embedded demo master with its workers.
 * ``gating compose-check LOCATION [--previous LOCATION] [--expected SUBVARIANT:TYPE:ARCH]...
@@ -12,19 +13,26 @@
   the images added and removed since the previous compose and the expected images it lacks;
   exit 0 when no expected image is missing, 1 when some are, 2 when a compose cannot be read.
 
-``approve`` and ``queue`` talk to the master's HTTP API (``--url``, default
-``$GATING_URL`` or http://127.0.0.1:8010/).
+``approve``, ``dequeue`` and ``queue`` talk to the master's HTTP API (``--url``, default
+``$GATING_URL`` or http://127.0.0.1:8010/). On a master with a web login (``web: auth`` in
+its ``gating.yaml``) only admins may approve or dequeue: ``--user NAME`` (default
+``$GATING_USER``) logs in first at Buildbot's ``auth/login`` (HTTP basic authentication;
+the session cookie it sets goes with the request), with the password from
+``$GATING_PASSWORD`` or ``--password-file PATH``, never from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.cookiejar
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from gating.diagnostics import ConfigError
 from gating.plan import Plan, sorted_builders
@@ -78,7 +86,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(url: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+PASSWORD_ENV = "GATING_PASSWORD"
+USER_ENV = "GATING_USER"
+
+
+class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not followed: the login's (to the web UI's page, at the
+    master's ``buildbotURL``) matters only for the session cookie it sets."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """An HTTP client that keeps the cookies it is given (the web session)."""
+    return urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), _KeepRedirects()
+    )
+
+
+def _unreachable(url: str, exc: Exception) -> str:
+    return f"cannot reach the master at {url}: {getattr(exc, 'reason', exc)}"
+
+
+def _api(
+    url: str,
+    path: str,
+    body: dict | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> tuple[int, dict]:
     """Call the master's gate API; (HTTP status, JSON answer)."""
     full = url.rstrip("/") + "/plugins/gating/api/" + path
     data = json.dumps(body).encode() if body is not None else None
@@ -89,24 +125,107 @@ def _api(url: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         method="POST" if data else "GET",
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
+        with (opener or urllib.request.build_opener()).open(request, timeout=60) as resp:
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         try:
             return exc.code, json.load(exc)
         except ValueError:
             return exc.code, {"error": f"HTTP {exc.code} from {full}"}
+        finally:
+            exc.close()
     except (urllib.error.URLError, OSError) as exc:
-        return 0, {"error": f"cannot reach the master at {url}: {getattr(exc, 'reason', exc)}"}
+        return 0, {"error": _unreachable(url, exc)}
 
 
-def cmd_approve(args: argparse.Namespace) -> int:
-    status, answer = _api(args.url, "approve", {"project": args.project, "change": args.change})
+def login(url: str, user: str, password: str, opener: urllib.request.OpenerDirector) -> str | None:
+    """Log in at Buildbot's ``auth/login`` with HTTP basic authentication; ``opener`` keeps
+    the session cookie. None when logged in, else what went wrong (never the password)."""
+    full = url.rstrip("/") + "/auth/login"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request = urllib.request.Request(full, headers={"Authorization": f"Basic {token}"})
+    try:
+        with opener.open(request, timeout=60) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+        exc.close()
+    except (urllib.error.URLError, OSError) as exc:
+        return _unreachable(url, exc)
+    if status == 401:
+        return f"login failed for {user}"
+    if status >= 400:
+        return (
+            f"cannot log in at {full}: HTTP {status} (a master without 'web: auth' in its "
+            "gating.yaml has no login: leave --user and $GATING_USER unset)"
+        )
+    return None
+
+
+def _password(args: argparse.Namespace) -> str:
+    """The password: ``--password-file``'s text (a trailing newline stripped, as Buildbot
+    reads its secrets: the same file may serve), else ``$GATING_PASSWORD``.
+    Raises ValueError with the message to print."""
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            message = f"cannot read the password file {args.password_file}: {reason}"
+            raise ValueError(message) from None
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+    if not password:
+        raise ValueError(
+            f"no password for {args.user}: set ${PASSWORD_ENV} or use --password-file FILE"
+        )
+    return password
+
+
+def _session(args: argparse.Namespace) -> urllib.request.OpenerDirector:
+    """An HTTP client for a control action, logged in when a user is given.
+    Raises ValueError with the message to print."""
+    opener = _opener()
+    if not args.user:
+        if args.password_file:
+            raise ValueError(f"--password-file needs --user NAME (or ${USER_ENV})")
+        return opener
+    if ":" in args.user:
+        raise ValueError(f"'{args.user}' is not a user name (it contains ':')")
+    error = login(args.url, args.user, _password(args), opener)
+    if error is not None:
+        raise ValueError(error)
+    return opener
+
+
+def _control(args: argparse.Namespace, action: str, body: dict) -> int:
+    """POST a control action (approve, dequeue) to the gate API and print its verdict."""
+    try:
+        opener = _session(args)
+    except ValueError as exc:
+        print(f"gating {action}: {exc}", file=sys.stderr)
+        return 1
+    status, answer = _api(args.url, action, body, opener)
     if status != 200:
-        print(f"gating approve: {answer.get('error', answer)}", file=sys.stderr)
+        message = str(answer.get("error", answer))
+        if status == 403 and not args.user:
+            message += f" (log in: --user NAME, the password in ${PASSWORD_ENV} or --password-file)"
+        print(f"gating {action}: {message}", file=sys.stderr)
         return 1
     print(f"{answer['change']}: {answer['state']}")
     return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _control(args, "approve", {"project": args.project, "change": args.change})
+
+
+def cmd_dequeue(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"change": f"{args.project}~{args.change}"}
+    if args.reason:
+        body["reason"] = args.reason
+    return _control(args, "dequeue", body)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -170,6 +289,23 @@ def cmd_compose_check(args: argparse.Namespace) -> int:
     return 1 if report.missing_expected else 0
 
 
+def _control_options(p: argparse.ArgumentParser, default_url: str) -> None:
+    p.add_argument("--url", default=default_url, help="the master's web URL")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        default=os.environ.get(USER_ENV) or None,
+        help=f"log in as this web UI user first (default ${USER_ENV}); the password is "
+        f"${PASSWORD_ENV} or --password-file",
+    )
+    p.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="a file holding the password (instead of "
+        f"${PASSWORD_ENV}; a trailing newline is ignored)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gating", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -181,11 +317,18 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
     default_url = os.environ.get("GATING_URL", "http://127.0.0.1:8010/")
-    approve = sub.add_parser("approve", help="put a change in the gate")
+    # No abbreviated options: '--password SECRET' must not pass for '--password-file'.
+    approve = sub.add_parser("approve", help="put a change in the gate", allow_abbrev=False)
     approve.add_argument("project")
     approve.add_argument("change", type=int)
-    approve.add_argument("--url", default=default_url, help="the master's web URL")
+    _control_options(approve, default_url)
     approve.set_defaults(func=cmd_approve)
+    dequeue = sub.add_parser("dequeue", help="take a change out of the gate", allow_abbrev=False)
+    dequeue.add_argument("project")
+    dequeue.add_argument("change", type=int)
+    dequeue.add_argument("--reason", metavar="TEXT", help="why (recorded on the change)")
+    _control_options(dequeue, default_url)
+    dequeue.set_defaults(func=cmd_dequeue)
     queue = sub.add_parser("queue", help="show the gate's queues")
     queue.add_argument("--json", action="store_true", help="print JSON")
     queue.add_argument("--url", default=default_url, help="the master's web URL")

@@ -35,7 +35,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.python import log
 
 from gating import forge as forgemod
-from gating import gaterpc
+from gating import gaterpc, gateview
 from gating import gerrit as gerritmod
 from gating.gerrit import GerritForge
 from gating.queue import (
@@ -622,6 +622,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         item.info["merged_commit"] = commit
         return self.gate.merged_ok(item.key, item.attempt)
 
+    @defer.inlineCallbacks
     def _buildset_complete(self, key: Any, msg: dict[str, Any]) -> Any:
         if self.gate is None:
             return None
@@ -630,8 +631,32 @@ class GateScheduler(ReconfigurableBaseScheduler):
             return None
         item_key, attempt = found
         passed = msg["results"] in (SUCCESS, WARNINGS)
-        reason = "" if passed else "gate pipeline failed"
-        return self._event(lambda gate: gate.job_result(item_key, attempt, passed, reason))
+        reason = "" if passed else (yield self._failure_reason(msg["bsid"]))
+        yield self._event(lambda gate: gate.job_result(item_key, attempt, passed, reason))
+
+    @defer.inlineCallbacks
+    def _failure_reason(self, bsid: int) -> Any:
+        """Which job instances of the run failed, and how (e.g. ``job packstack on x86_64:
+        failure (failed 'run')``); the plain "gate pipeline failed" if that cannot be read."""
+        from gating.runsdb import UI_PLAN_SERVICE, RunReader
+
+        reason = ""
+        try:
+            reader = RunReader(self.master)
+            requests, builds, children = yield reader.rows([bsid])
+            names = yield reader.builder_names({r["builderid"] for r in requests})
+            svc = self.master.service_manager.namedServices.get(UI_PLAN_SERVICE)
+            plan = getattr(svc, "plan", None) or {}
+            runs = gateview.assemble_runs(
+                [bsid], requests, builds, children, names, plan, {}, time.time()
+            )
+            reason = gateview.failure_reason(runs[bsid]["jobs"])
+            if not reason:
+                bad = [p for p in runs[bsid]["pipelines"] if p["state"] not in ("success",)]
+                reason = "; ".join(f"pipeline {p['pipeline']}: {p['state']}" for p in bad)
+        except Exception as exc:  # the reason is for people; never block the gate on it
+            log.err(exc, f"gate: cannot read why buildset {bsid} failed")
+        return reason or "gate pipeline failed"
 
     def _run_of(self, bsid: int) -> tuple[str, int] | None:
         assert self.gate is not None

@@ -107,6 +107,10 @@ def handle(scheduler: Any, method: str, args: list[Any]) -> defer.Deferred:
             return {"change": key, "state": item.state.value if item else "unknown"}
 
         return d.addCallback(state)
+    if method == "dequeue":
+        key = args[0]
+        d = defer.maybeDeferred(scheduler.dequeue, key, args[1])
+        return d.addCallback(lambda _actions: {"change": key, "state": "dequeued"})
     return defer.maybeDeferred(getattr(scheduler, method), *args)
 
 

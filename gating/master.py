@@ -35,6 +35,7 @@ from gating.composepoller import (
 from gating.diagnostics import ConfigError
 from gating.forgepoller import CATEGORY, ForgeChangeSource
 from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
+from gating.gateview import ui_plan
 from gating.gerritpoller import HANDLED_EVENTS, SecretGerritEventLogPoller
 from gating.inventory import Inventory
 from gating.kojievents import KINDS as KOJI_KINDS
@@ -42,6 +43,7 @@ from gating.kojievents import WatchSet, watch_of
 from gating.kojipoller import KOJI_SCHEDULER, KojiEventScheduler, KojiEventSettings
 from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
 from gating.plan import RPMBUILD_BUILDER, builder_name, coordinator_names, sorted_builders
+from gating.runsdb import UIPlanService
 from gating.site import (
     GatingConfig,
     MultiMaster,
@@ -54,6 +56,7 @@ from gating.site import (
 from gating.siteevents import KojiEventsConfig
 from gating.steps import TRIGGER_PROPERTIES, JobTrigger, RunPipeline, trigger_scheduler_name
 from gating.taskrunner import TASK_BUILDER, task_builder
+from gating.webauth import web_auth
 
 CONFIG_ENV = "GATING_CONFIG"
 
@@ -715,6 +718,7 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
             )
     c["change_source"] = _change_sources(site, config, basedir)
     c["services"].extend(_reporters(site))
+    c["services"].append(UIPlanService(plan=ui_plan(config.plan)))
     if site.multi_master is not None:
         _multi_master(c, site.multi_master)
     c["www"] = {
@@ -723,6 +727,8 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         else site.www_port,
         "plugins": {"console_view": {}, "grid_view": {}, "waterfall_view": {}, "gating": {}},
         "change_hook_dialects": {},
+        # web: auth -> the login and the admin role (gating.webauth); else no login
+        **web_auth(site.web, site.config_dir, secrets_dir),
     }
     return c
 
@@ -746,6 +752,6 @@ def buildmaster_config(basedir: str, config_dir: str | None = None) -> dict[str,
     config_dir = config_dir or os.environ.get(CONFIG_ENV) or os.path.join(basedir, "config")
     try:
         config = load_config(config_dir)
+        return to_buildbot(config, basedir)
     except ConfigError as exc:
         raise ConfigErrors(exc.messages) from None
-    return to_buildbot(config, basedir)

@@ -571,6 +571,7 @@ class Gate:
                 "url": item.change.url,
                 "state": item.state.value,
                 "passed": item.passed,
+                "export": item.export,
                 "attempt": item.attempt,
                 "ahead": list(item.ahead),
                 "reason": item.reason,

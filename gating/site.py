@@ -73,6 +73,20 @@ to another within about ``expire-after`` + ``claim-interval`` seconds when it di
       claim-interval: 10                 # seconds between an idle master's attempts to
                                          # take a released scheduler over (Buildbot's: 300)
 
+Who may log in to the web UI, and who may control the gate (approve, dequeue, and
+Buildbot's force, stop and rebuild): everyone reads everything; with ``auth``, only the
+role ``admins`` may act (Buildbot's authz). Without ``web: auth`` there is no login and
+everyone may act (the embedded default)::
+
+    web:
+      auth:                              # exactly one of:
+        htpasswd: secrets/htpasswd       # a htpasswd file (relative to this directory),
+                                         # plain-text passwords (Buildbot's HTPasswdAuth)
+        users: {alice: web-alice}        # user -> Buildbot secret (a file in secrets-dir)
+                                         # holding the password, read at load time
+      admins: [alice]                    # users given the role 'admins'
+      admin-groups: [gating-admins]      # groups (of the login's user info) given it
+
 The event stanzas ``koji-events``, ``composes``, ``task-repos`` and ``mail`` are documented
 in :mod:`gating.siteevents`.
 
@@ -122,6 +136,7 @@ SITE_KEYS = frozenset(
         "composes",
         "task-repos",
         "mail",
+        "web",
     }
 )
 PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
@@ -166,6 +181,43 @@ class MultiMaster:
 MULTI_MASTER_KEYS = frozenset(
     {"router-url", "realm", "heartbeat", "expire-after", "claim-interval"}
 )
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """A web UI login whose password is the Buildbot secret ``secret`` (a file in secrets-dir)."""
+
+    name: str
+    secret: str
+    mark: Mark = field(default=Mark("<none>"), compare=False)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The web UI's login (``htpasswd`` file or ``users``) and who has the role ``admins``."""
+
+    htpasswd: str | None = None  # as written: relative to the configuration directory
+    users: tuple[WebUser, ...] = ()
+    admins: tuple[str, ...] = ()
+    admin_groups: tuple[str, ...] = ()
+    mark: Mark = field(default=Mark("<none>"), compare=False)  # 'htpasswd', or the stanza
+
+    @property
+    def has_auth(self) -> bool:
+        return self.htpasswd is not None or bool(self.users)
+
+    def htpasswd_path(self, config_dir: str | Path) -> Path | None:
+        if self.htpasswd is None:
+            return None
+        return Path(config_dir) / Path(self.htpasswd).expanduser()
+
+
+WEB_KEYS = frozenset({"auth", "admins", "admin-groups"})
+WEB_AUTH_KEYS = frozenset({"htpasswd", "users"})
+# HTTP basic authentication splits user and password at the first ':'.
+WEB_USER_RE = re.compile(r"^[^:\s]{1,64}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ADMIN_ROLE = "admins"
 
 BACKEND_STRINGS = {
     "profile": "profile",
@@ -241,6 +293,7 @@ class Site:
     composes: tuple[ComposeWatch, ...] = ()
     task_repos: TaskRepoConfig | None = None
     mail: MailConfig | None = None
+    web: WebConfig | None = None
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -325,6 +378,8 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         kw["mail"] = siteevents.mail(r, f["mail"])
     if "multi-master" in f:
         kw["multi_master"] = _multi_master(r, f["multi-master"], f, kw)
+    if "web" in f:
+        kw["web"] = _web(r, f["web"])
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -385,6 +440,118 @@ def _multi_master(
     if url is None or not ok:
         return None
     return MultiMaster(url, **values, mark=node.mark)  # type: ignore[arg-type]
+
+
+def _web(r: Reader, node: Node) -> WebConfig | None:
+    f = r.mapping(node, "'web'", WEB_KEYS)
+    if f is None:
+        return None
+    ok = True
+    kw: dict[str, object] = {"mark": node.mark}
+    users: tuple[WebUser, ...] = ()
+    if "auth" in f:
+        auth = r.mapping(f["auth"], "web 'auth'", WEB_AUTH_KEYS)
+        if auth is None:
+            ok = False
+        elif len(auth) != 1:
+            r.fail(
+                f["auth"],
+                "web 'auth': expected exactly one of 'htpasswd' (a htpasswd file) or 'users' "
+                "(user: the name of the secret holding the password)",
+            )
+            ok = False
+        elif "htpasswd" in auth:
+            path = r.string(auth["htpasswd"], "web auth 'htpasswd'")
+            if path is not None and not path.strip():
+                r.fail(auth["htpasswd"], "web auth 'htpasswd': expected the path of a file")
+                path = None
+            ok = ok and path is not None
+            kw["htpasswd"] = path
+            kw["mark"] = auth["htpasswd"].mark
+        else:
+            users = _web_users(r, auth["users"])
+            ok = ok and bool(users)
+            kw["users"] = users
+    names: dict[str, tuple[str, ...]] = {}
+    for key, what in (("admins", "user"), ("admin-groups", "group")):
+        if key not in f:
+            continue
+        entries = r.string_list(f[key], f"web '{key}'", allow_single=True)
+        if entries is None:
+            ok = False
+            continue
+        values = []
+        known = [u.name for u in users]
+        for value, item in entries:
+            if not value.strip():
+                r.fail(item, f"web '{key}': expected a {what} name, got an empty string")
+                ok = False
+            elif key == "admins" and not WEB_USER_RE.match(value):
+                r.fail(item, f"web 'admins': '{value}' is not a user name (no ':' or spaces)")
+                ok = False
+            elif key == "admins" and known and value not in known:
+                r.fail(
+                    item,
+                    f"web 'admins': '{value}' is not one of the auth 'users'"
+                    f"{did_you_mean(value, known)} (users: {', '.join(known)})",
+                )
+                ok = False
+            elif value not in values:
+                values.append(value)
+        names[key] = tuple(values)
+    has_admins = bool(names.get("admins") or names.get("admin-groups"))
+    if "auth" not in f and ("admins" in f or "admin-groups" in f):
+        r.fail(
+            f.get("admins") or f["admin-groups"],
+            "web: 'admins' and 'admin-groups' need an 'auth' (a login); without one there "
+            "is no admin and everyone may control the gate",
+        )
+        ok = False
+    elif "auth" in f and not has_admins and ok:
+        r.fail(
+            f.get("admins") or f.get("admin-groups") or node,
+            "web: 'auth' needs an admin: users in 'admins' or groups in 'admin-groups' "
+            "get the role 'admins', the only one allowed to control the gate",
+        )
+        ok = False
+    if not ok:
+        return None
+    kw["admins"] = names.get("admins", ())
+    kw["admin_groups"] = names.get("admin-groups", ())
+    return WebConfig(**kw)  # type: ignore[arg-type]
+
+
+def _web_users(r: Reader, node: Node) -> tuple[WebUser, ...]:
+    if not node.is_map or not node.value:
+        got = "an empty mapping" if node.is_map else describe(node)
+        r.fail(
+            node,
+            "web auth 'users': expected a mapping of user names to secret names "
+            f"(e.g. {{alice: web-alice}}), got {got}",
+        )
+        return ()
+    out = []
+    ok = True
+    for name, value in node.items():
+        secret = r.string(value, f"web user '{name}' (the secret holding the password)")
+        if not WEB_USER_RE.match(name):
+            r.errors.error(
+                node.key_mark(name),
+                f"web auth 'users': '{name}' is not a user name (no ':' or spaces)",
+            )
+            ok = False
+        elif secret is not None and not SECRET_NAME_RE.match(secret):
+            r.fail(
+                value,
+                f"web user '{name}': '{secret}' is not a secret name (a file name in "
+                "'secrets-dir'; the password itself never goes in gating.yaml)",
+            )
+            ok = False
+        elif secret is None:
+            ok = False
+        else:
+            out.append(WebUser(name, secret, value.mark))
+    return tuple(out) if ok else ()
 
 
 def _port(r: Reader, node: Node, key: str) -> int | str | None:

@@ -146,6 +146,9 @@ class RunPipeline(buildstep.BuildStep):
             trigger_scheduler_name(self.pipeline.name)
         ]
         run = self.run_state = PipelineRun(self.pipeline.dependencies())
+        yield self.addURL(
+            "pipeline view", f"{self.master.config.buildbotURL}#/gate/runs/{self.build.buildid}"
+        )
         sourcestamps = self._sourcestamps()
         finished: defer.DeferredQueue = defer.DeferredQueue()
 

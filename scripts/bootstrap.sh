@@ -14,6 +14,9 @@ set -euo pipefail
 # the package's system service is not used, and is not started by the install (see below).
 # postgresql / postgresql-server: idem, private clusters (tests/support/postgres.py) for the
 # multi-master tests; production masters use a real server (ansible/).
+# chromium: the headless browser of the web UI tests and benchmarks (tests/support/browser.py),
+# driven by Playwright through its executable_path: /usr/bin/chromium on Debian,
+# /usr/bin/chromium-browser on Fedora. Playwright never downloads a browser of its own.
 DEBIAN_PACKAGES=(
     git
     rpm
@@ -27,6 +30,7 @@ DEBIAN_PACKAGES=(
     cpio
     rabbitmq-server
     postgresql
+    chromium
 )
 FEDORA_PACKAGES=(
     git
@@ -40,6 +44,7 @@ FEDORA_PACKAGES=(
     cpio
     rabbitmq-server
     postgresql-server
+    chromium
 )
 
 # crossbar (the WAMP router of multi-master Buildbot) in a virtualenv of its own: it pulls
@@ -47,11 +52,16 @@ FEDORA_PACKAGES=(
 # its bjdata wheel is built against NumPy 1.
 CROSSBAR_PACKAGES=("crossbar==26.10.1" "numpy<2")
 
+# Where the chromium package puts the browser (Debian, Fedora); $GATING_CHROMIUM overrides.
+CHROMIUM_PATHS=(/usr/bin/chromium /usr/bin/chromium-browser)
+
 MIN_PYTHON=(3 11)
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYTHON="${PYTHON:-python3}"
+# pip install playwright (the test extra) must never fetch a browser: the system one is used.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
@@ -136,7 +146,21 @@ system_packages() {
             die "unsupported system (need Debian/Ubuntu with apt-get or Fedora with dnf)"
             ;;
     esac
+    chromium_ok || die "chromium is installed but not executable at ${GATING_CHROMIUM:-${CHROMIUM_PATHS[*]}} (set GATING_CHROMIUM)"
     log "system packages ok ($family)"
+}
+
+# True when the browser of the web UI tests is there (see DEBIAN_PACKAGES).
+chromium_ok() {
+    local path
+    if [[ -n "${GATING_CHROMIUM:-}" ]]; then
+        [[ -x "$GATING_CHROMIUM" ]]
+        return
+    fi
+    for path in "${CHROMIUM_PATHS[@]}"; do
+        [[ -x "$path" ]] && return 0
+    done
+    return 1
 }
 
 # True when "$1" runs and is at least MIN_PYTHON.

@@ -1,9 +1,14 @@
-"""Tests of gating.cli: `gating check` and `gating plan`, run as a user runs them."""
+"""Tests of gating.cli: `gating check` and `gating plan`, run as a user runs them, and the
+gate's control commands against a small HTTP server that logs in as Buildbot does."""
 
+import base64
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
@@ -294,3 +299,185 @@ def test_parser_knows_check_plan_and_demo():
     args = ap.parse_args(["plan", "x", "--json"])
     assert (args.path, args.json) == ("x", True)
     assert ap.parse_args(["demo"]).basedir == ".gating-demo"
+
+
+# -- gating approve / dequeue: logging in -------------------------------------------
+
+PASSWORDS = {"alice": "wonder land:1", "bob": "b0b"}  # a password may hold ' ' and ':'
+ADMINS = {"alice"}
+FORBIDDEN = "forbidden: you need to have role 'admins'"
+
+
+class FakeMaster(http.server.BaseHTTPRequestHandler):
+    """Buildbot's ``/auth/login`` (HTTP basic authentication, then a session cookie and a
+    redirect to the web UI) and the gate's control API, which takes the user from the
+    cookie and refuses anyone but an admin with Buildbot's authz message."""
+
+    server: "FakeMasterServer"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path != "/auth/login":
+            self.answer(404, {"error": "no such page"})
+            return
+        user, _, password = "", "", None
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        self.server.requests.append(("login", user, None))
+        if PASSWORDS.get(user) != password:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="buildbot"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(302)
+        self.send_header("Set-Cookie", f"TWISTED_SESSION=session-of-{user}; Path=/; HttpOnly")
+        # Buildbot sends the browser to its buildbotURL: here, nowhere reachable.
+        self.send_header("Location", "http://127.0.0.1:9/#/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        session = cookie["TWISTED_SESSION"].value if "TWISTED_SESSION" in cookie else ""
+        user = session.removeprefix("session-of-") or None
+        action = self.path.removeprefix("/plugins/gating/api/")
+        self.server.requests.append((action, user, body))
+        if user not in ADMINS:
+            self.answer(403, {"error": FORBIDDEN})
+        elif action == "approve":
+            self.answer(200, {"change": f"{body['project']}~{body['change']}", "state": "queued"})
+        elif action == "dequeue":
+            self.answer(200, {"change": body["change"], "state": "dequeued"})
+        else:
+            self.answer(404, {"error": "no such page"})
+
+
+class FakeMasterServer(http.server.ThreadingHTTPServer):
+    requests: list
+
+
+@pytest.fixture
+def master(monkeypatch):
+    """The fake master's URL in $GATING_URL; its requests in ``server.requests``."""
+    for name in ("GATING_USER", "GATING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    server = FakeMasterServer(("127.0.0.1", 0), FakeMaster)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("GATING_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_approve_logs_in_first_then_posts_with_the_session_cookie(master, monkeypatch, capsys):
+    monkeypatch.setenv("GATING_PASSWORD", PASSWORDS["alice"])
+    assert main(["approve", "nova-distgit", "3", "--user", "alice"]) == 0
+    assert capsys.readouterr().out == "nova-distgit~3: queued\n"
+    assert master.requests == [
+        ("login", "alice", None),
+        ("approve", "alice", {"project": "nova-distgit", "change": 3}),
+    ]
+
+
+def test_dequeue_takes_the_user_from_the_environment_and_the_password_from_a_file(
+    master, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("GATING_USER", "alice")
+    monkeypatch.setenv("GATING_PASSWORD", "not this one")
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORDS["alice"] + "\n")
+    argv = ["dequeue", "nova-distgit", "3", "--reason", "flaky", "--password-file"]
+    assert main([*argv, str(password_file)]) == 0
+    assert capsys.readouterr().out == "nova-distgit~3: dequeued\n"
+    assert master.requests == [
+        ("login", "alice", None),
+        ("dequeue", "alice", {"change": "nova-distgit~3", "reason": "flaky"}),
+    ]
+
+
+def test_dequeue_without_a_reason_leaves_it_to_the_master(master, monkeypatch, capsys):
+    monkeypatch.setenv("GATING_PASSWORD", PASSWORDS["alice"])
+    assert main(["dequeue", "nova-distgit", "4", "--user", "alice"]) == 0
+    assert master.requests[-1] == ("dequeue", "alice", {"change": "nova-distgit~4"})
+
+
+def test_a_wrong_password_is_a_failed_login_and_nothing_is_posted(master, monkeypatch, capsys):
+    monkeypatch.setenv("GATING_PASSWORD", "wrong-s3cret")
+    assert main(["approve", "nova-distgit", "3", "--user", "alice"]) == 1
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "gating approve: login failed for alice\n")
+    assert master.requests == [("login", "alice", None)]
+
+
+def test_a_user_who_is_not_an_admin_gets_the_masters_refusal(master, monkeypatch, capsys):
+    monkeypatch.setenv("GATING_PASSWORD", PASSWORDS["bob"])
+    assert main(["dequeue", "nova-distgit", "3", "--user", "bob"]) == 1
+    assert capsys.readouterr().err == f"gating dequeue: {FORBIDDEN}\n"
+    assert [r[:2] for r in master.requests] == [("login", "bob"), ("dequeue", "bob")]
+
+
+def test_without_a_user_the_request_is_anonymous_and_the_refusal_says_how_to_log_in(master, capsys):
+    assert main(["approve", "nova-distgit", "3"]) == 1
+    assert capsys.readouterr().err == (
+        f"gating approve: {FORBIDDEN} (log in: --user NAME, the password in $GATING_PASSWORD "
+        "or --password-file)\n"
+    )
+    assert master.requests == [("approve", None, {"project": "nova-distgit", "change": 3})]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--user", "alice"],
+            "no password for alice: set $GATING_PASSWORD or use --password-file FILE",
+        ),
+        (
+            ["--user", "alice", "--password-file", "/no/such/file"],
+            "cannot read the password file /no/such/file: No such file or directory",
+        ),
+        (
+            ["--password-file", "/no/such/file"],
+            "--password-file needs --user NAME (or $GATING_USER)",
+        ),
+        (["--user", "a:b"], "'a:b' is not a user name (it contains ':')"),
+    ],
+)
+def test_a_login_that_cannot_be_tried_sends_nothing(master, argv, message, capsys):
+    assert main(["approve", "nova-distgit", "3", *argv]) == 1
+    assert capsys.readouterr().err == f"gating approve: {message}\n"
+    assert master.requests == []
+
+
+@pytest.mark.parametrize("command", ["approve", "dequeue"])
+def test_a_password_is_never_a_command_line_argument(command, capsys):
+    # nor taken for an abbreviated --password-file
+    with pytest.raises(SystemExit) as exc:
+        main([command, "nova-distgit", "3", "--user", "alice", "--password", "pw"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --password pw" in capsys.readouterr().err
+
+
+def test_an_unreachable_master_is_said_so(monkeypatch, capsys):
+    monkeypatch.setenv("GATING_PASSWORD", "pw")
+    url = "http://127.0.0.1:9/"  # the discard port: nothing listens there
+    assert main(["approve", "nova-distgit", "3", "--user", "alice", "--url", url]) == 1
+    assert capsys.readouterr().err.startswith(
+        "gating approve: cannot reach the master at http://127.0.0.1:9/: "
+    )

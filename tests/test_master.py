@@ -58,7 +58,7 @@ def test_demo_config_is_accepted_by_buildbot(basedir):
     assert workers["sample/lint/x86_64"] == ["local-x86_64"]
     assert workers["gate/export/master"] == workers["sample"]  # built-ins: coordinators
     assert workers["gating-rpmbuild"] == ["local-x86_64"]  # local builds run on a worker
-    assert [type(s).__name__ for s in config["services"]] == ["BackendService"]
+    assert [type(s).__name__ for s in config["services"]] == ["BackendService", "UIPlanService"]
     assert sorted(loaded.schedulers) == [
         "force-gate",
         "force-sample",
@@ -226,3 +226,139 @@ def test_one_master_keeps_the_simple_queue_and_its_own_directory(basedir):
     assert config["schedulers"][0].POLL_INTERVAL_SEC == 300  # Buildbot's own
     gate = next(s for s in config["schedulers"] if s.name == "gate")
     assert gate._config_kwargs["settings"].forge_root == str(basedir.resolve() / "git")
+
+
+# -- web: the login and the admin role ------------------------------------------------
+
+
+def web_site(tmp_path: Path, stanza: str) -> Path:
+    """The demo configuration with a ``web`` stanza."""
+    conf = tmp_path / "config"
+    shutil.copytree(DEMO, conf)
+    site = conf / "gating.yaml"
+    site.write_text(site.read_text() + stanza)
+    return conf
+
+
+def write_secret(basedir: Path, name: str, text: str) -> None:
+    path = basedir / "secrets" / name
+    path.write_text(text)
+    path.chmod(0o600)  # Buildbot's SecretInAFile refuses secrets others may read
+
+
+def allowed(authz, action: str, user_info: dict) -> bool:
+    """Buildbot's verdict for ``action`` on a gate endpoint (the matchers answer at once)."""
+    verdicts: list[bool] = []
+    d = authz.assertUserAllowed(("gating", action), action, {}, user_info)
+    d.addCallbacks(lambda _: verdicts.append(True), lambda f: verdicts.append(False))
+    assert verdicts, "the authz rules did not answer synchronously"
+    return verdicts[0]
+
+
+def test_without_web_auth_the_web_ui_has_no_login(basedir):
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    assert "auth" not in config["www"] and "authz" not in config["www"]
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    assert type(loaded.www["auth"]).__name__ == "NoAuth"  # Buildbot's default: no login
+
+
+def test_web_users_log_in_with_secret_passwords_and_only_admins_control(basedir, tmp_path):
+    conf = web_site(
+        tmp_path,
+        "web:\n"
+        "  auth: {users: {alice: web-alice, bob: web-bob}}\n"
+        "  admins: [alice]\n"
+        "  admin-groups: [gating-admins]\n",
+    )
+    write_secret(basedir, "web-alice", "alice s3cret\n")
+    write_secret(basedir, "web-bob", "bob-pw")
+    config = gmaster.buildmaster_config(str(basedir), str(conf))
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    auth, authz = loaded.www["auth"], loaded.www["authz"]
+    assert type(auth).__name__ == "UserPasswordAuth"
+    (checker,) = auth.checkers
+    # read from the secrets at load time, the trailing newline stripped (as SecretInAFile)
+    assert checker.users == {b"alice": b"alice s3cret", b"bob": b"bob-pw"}
+    # what the web UI is told about the login: its kind only
+    assert auth.getConfigDict() == {"name": "UserPasswordAuth"}
+    props = [repr(b.properties) for b in loaded.builders] + [
+        repr(w.properties) for w in loaded.workers
+    ]
+    assert not any("s3cret" in p or "bob-pw" in p for p in props)
+
+    (rule,) = authz.allowRules
+    assert (type(rule).__name__, rule.role, rule.defaultDeny) == (
+        "AnyControlEndpointMatcher",
+        "admins",
+        True,
+    )
+    authz.setMaster(object())
+    alice, bob = {"username": "alice"}, {"username": "bob"}
+    anonymous = {"anonymous": True}
+    group_admin = {"username": "carol", "groups": ["devs", "gating-admins"]}
+    for action in ("approve", "dequeue", "force", "stop", "rebuild"):
+        assert allowed(authz, action, alice)
+        assert allowed(authz, action, group_admin)
+        assert not allowed(authz, action, bob)
+        assert not allowed(authz, action, anonymous)
+    assert allowed(authz, "get", anonymous)  # everyone reads everything
+    assert not allowed(authz, "dequeue", {"username": "dave", "groups": ["admins", "devs"]})
+
+
+def test_a_missing_or_empty_web_secret_is_a_config_error_naming_user_and_secret(basedir, tmp_path):
+    conf = web_site(
+        tmp_path,
+        "web:\n  auth:\n    users: {alice: web-alice, bob: web-bob}\n  admins: [alice]\n",
+    )
+    write_secret(basedir, "web-bob", "\n")
+    with pytest.raises(ConfigErrors) as exc:
+        gmaster.buildmaster_config(str(basedir), str(conf))
+    site = conf / "gating.yaml"
+    lines = len((DEMO / "gating.yaml").read_text().splitlines())
+    assert exc.value.errors == [
+        f"{site}:{lines + 3}:20: web user 'alice': no secret 'web-alice' (no file "
+        f"{basedir.resolve()}/secrets/web-alice)",
+        f"{site}:{lines + 3}:36: web user 'bob': secret 'web-bob' is empty",
+    ]
+
+
+def test_a_htpasswd_login_reads_the_file_buildbot_checks_at_each_login(basedir, tmp_path):
+    conf = web_site(tmp_path, "web:\n  auth: {htpasswd: htpasswd}\n  admins: [alice]\n")
+    htpasswd = conf / "htpasswd"
+    htpasswd.write_text("# web UI users\nalice:wonderland\n")
+    htpasswd.chmod(0o600)
+    config = gmaster.buildmaster_config(str(basedir), str(conf))
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    auth = loaded.www["auth"]
+    assert type(auth).__name__ == "HTPasswdAuth"
+    (checker,) = auth.checkers
+    assert checker.filename == str(htpasswd)
+    assert checker.getUser(b"alice") == (b"alice", b"wonderland")
+    assert [r.role for r in loaded.www["authz"].allowRules] == ["admins"]
+
+
+def test_a_hashed_or_world_readable_htpasswd_is_a_config_error(basedir, tmp_path):
+    conf = web_site(tmp_path, "web:\n  auth: {htpasswd: htpasswd}\n  admins: [alice]\n")
+    htpasswd = conf / "htpasswd"
+    htpasswd.write_text("alice:$apr1$Y.zMz2n3$6Xll.Te9q6GYig6HHpPgW/\nbob:\n")
+    htpasswd.chmod(0o644)
+    with pytest.raises(ConfigErrors) as exc:
+        gmaster.buildmaster_config(str(basedir), str(conf))
+    lines = len((DEMO / "gating.yaml").read_text().splitlines())
+    assert exc.value.errors == [
+        f"{conf}/gating.yaml:{lines + 2}:20: web auth 'htpasswd': {htpasswd} is readable by "
+        "others (mode 0o644); it holds passwords: chmod o-rwx (as Buildbot requires of its "
+        "secret files)",
+        f"{htpasswd}:1:1: htpasswd user 'alice' has a hashed password; Buildbot's HTPasswdAuth "
+        "compares plain-text passwords only (buildbot issue #3126), so this user could never "
+        "log in: write the password itself, or use web auth 'users' (secrets)",
+        f"{htpasswd}:2:1: htpasswd user 'bob' has an empty password",
+    ]
+    assert "6Xll" not in "\n".join(exc.value.errors)
+    htpasswd.unlink()
+    with pytest.raises(ConfigErrors) as exc:
+        gmaster.buildmaster_config(str(basedir), str(conf))
+    assert exc.value.errors == [
+        f"{conf}/gating.yaml:{lines + 2}:20: web auth 'htpasswd': cannot read {htpasswd}: "
+        "No such file or directory"
+    ]

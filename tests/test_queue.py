@@ -1246,6 +1246,7 @@ def test_status_is_what_gating_queue_json_prints():
         "url": "https://review/1",
         "state": "testing",
         "passed": False,
+        "export": "",
         "attempt": 1,
         "ahead": [],
         "reason": "",

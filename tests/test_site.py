@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from gating.backend import BackendConfig
-from gating.diagnostics import Collector, ConfigError
-from gating.site import MultiMaster, Project, Site, load_config, parse_site, pipeline_files
+from gating.diagnostics import Collector, ConfigError, Mark
+from gating.site import (
+    MultiMaster,
+    Project,
+    Site,
+    WebConfig,
+    WebUser,
+    load_config,
+    parse_site,
+    pipeline_files,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SITES = FIXTURES / "sites"
@@ -495,3 +504,146 @@ def test_bad_multi_master_settings_are_all_reported():
         "gating.yaml:3:71: multi-master 'expire-after' (20s) must be at least 3 heartbeats "
         "(30s): a live master would be declared dead"
     ]
+
+
+# -- web --------------------------------------------------------------------------
+
+
+def test_web_login_with_secret_passwords_and_admins_is_read():
+    site, errors = parse(
+        """\
+        web:
+          auth:
+            users: {alice: web-alice, bob: web-bob}
+          admins: [alice]
+          admin-groups: gating-admins
+        """
+    )
+    assert errors == []
+    assert site.web == WebConfig(
+        users=(WebUser("alice", "web-alice"), WebUser("bob", "web-bob")),
+        admins=("alice",),
+        admin_groups=("gating-admins",),
+    )
+    assert site.web.has_auth
+    assert site.web.users[1].mark == Mark("gating.yaml", 3, 36)
+    assert site.web.htpasswd_path("/etc/gating") is None
+    hash(site)  # frozen all the way down, like every site object
+
+
+def test_web_login_with_a_htpasswd_file_is_read_relative_to_the_config_dir():
+    site, errors = parse(
+        """\
+        web:
+          auth: {htpasswd: secrets/htpasswd}
+          admin-groups: [ops]
+        """
+    )
+    assert errors == []
+    assert site.web == WebConfig(htpasswd="secrets/htpasswd", admin_groups=("ops",))
+    assert site.web.mark == Mark("gating.yaml", 2, 20)
+    assert site.web.htpasswd_path("/etc/gating") == Path("/etc/gating/secrets/htpasswd")
+    site, _ = parse("web: {auth: {htpasswd: /srv/htpasswd}, admins: [root]}\n")
+    assert site.web.htpasswd_path("/etc/gating") == Path("/srv/htpasswd")
+
+
+def test_without_web_auth_there_is_no_login():
+    site, errors = parse("title: t\n")
+    assert (errors, site.web) == ([], None)
+    site, errors = parse("web: {}\n")
+    assert errors == [] and not site.web.has_auth
+
+
+def test_bad_web_settings_are_all_reported_where_they_are():
+    _, errors = parse(
+        """\
+        web:
+          auth:
+            users: {alice: ../alice, "a:b": pw, carol: 3, dave: web-dave}
+          admins: [dave, daev, ""]
+          colour: blue
+        """
+    )
+    assert errors == [
+        "gating.yaml:3:20: web user 'alice': '../alice' is not a secret name (a file name in "
+        "'secrets-dir'; the password itself never goes in gating.yaml)",
+        "gating.yaml:3:30: web auth 'users': 'a:b' is not a user name (no ':' or spaces)",
+        "gating.yaml:3:48: web user 'carol' (the secret holding the password): expected a "
+        "string, got an integer (3)",
+        "gating.yaml:4:24: web 'admins': expected a user name, got an empty string",
+        "gating.yaml:5:3: unknown key 'colour' in 'web'",
+    ]
+    _, errors = parse(
+        """\
+        web:
+          auth: {users: {dave: web-dave, alice: web-alice}}
+          admins: [dave, alcie]
+        """
+    )
+    assert errors == [
+        "gating.yaml:3:18: web 'admins': 'alcie' is not one of the auth 'users'; did you mean "
+        "'alice'? (users: dave, alice)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "web: {auth: {htpasswd: h, users: {a: b}}, admins: [a]}",
+            "gating.yaml:1:13: web 'auth': expected exactly one of 'htpasswd' (a htpasswd "
+            "file) or 'users' (user: the name of the secret holding the password)",
+        ),
+        (
+            "web: {auth: {}, admins: [a]}",
+            "gating.yaml:1:13: web 'auth': expected exactly one of 'htpasswd' (a htpasswd "
+            "file) or 'users' (user: the name of the secret holding the password)",
+        ),
+        (
+            "web: {auth: {htpasswd: h}}",
+            "gating.yaml:1:6: web: 'auth' needs an admin: users in 'admins' or groups in "
+            "'admin-groups' get the role 'admins', the only one allowed to control the gate",
+        ),
+        (
+            "web: {auth: {htpasswd: h}, admins: [], admin-groups: []}",
+            "gating.yaml:1:36: web: 'auth' needs an admin: users in 'admins' or groups in "
+            "'admin-groups' get the role 'admins', the only one allowed to control the gate",
+        ),
+        (
+            "web: {admins: [alice]}",
+            "gating.yaml:1:15: web: 'admins' and 'admin-groups' need an 'auth' (a login); "
+            "without one there is no admin and everyone may control the gate",
+        ),
+        (
+            "web: {auth: {users: {}}, admins: [a]}",
+            "gating.yaml:1:21: web auth 'users': expected a mapping of user names to secret "
+            "names (e.g. {alice: web-alice}), got an empty mapping",
+        ),
+        (
+            "web: {auth: {users: [alice]}, admins: [alice]}",
+            "gating.yaml:1:21: web auth 'users': expected a mapping of user names to secret "
+            "names (e.g. {alice: web-alice}), got a list",
+        ),
+        (
+            "web: {auth: {htpasswd: ''}, admins: [a]}",
+            "gating.yaml:1:24: web auth 'htpasswd': expected the path of a file",
+        ),
+        (
+            "web: {auth: {htpasswd: h}, admins: {alice: 1}}",
+            "gating.yaml:1:36: web 'admins': expected a string or a list of strings, got a mapping",
+        ),
+        (
+            "web: {auth: {htpasswd: h}, admins: ['al ice']}",
+            "gating.yaml:1:37: web 'admins': 'al ice' is not a user name (no ':' or spaces)",
+        ),
+        ("web: [auth]", "gating.yaml:1:6: 'web': expected a mapping, got a list"),
+        (
+            "web: {auth: {password: x}, admins: [a]}",
+            "gating.yaml:1:14: unknown key 'password' in web 'auth'; did you mean 'htpasswd'?",
+        ),
+    ],
+)
+def test_bad_web_stanza_is_named(text, expected):
+    site, errors = parse(text + "\n")
+    assert expected in errors, errors
+    assert site.web is None

@@ -476,7 +476,11 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         yield d
         urls = yield self.step_urls(step)
         self.assertEqual(
-            urls, [("build[0]@x86_64 #3", "http://localhost:8080/#/builders/201/builds/3")]
+            urls,
+            [
+                ("pipeline view", f"http://localhost:8080/#/gate/runs/{step.build.buildid}"),
+                ("build[0]@x86_64 #3", "http://localhost:8080/#/builders/201/builds/3"),
+            ],
         )
 
     @defer.inlineCallbacks
@@ -545,7 +549,11 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         # The build that was running when the pipeline stopped is still linked.
         urls = yield self.step_urls(step)
         self.assertEqual(
-            urls, [("build[0]@x86_64 #3", "http://localhost:8080/#/builders/201/builds/3")]
+            urls,
+            [
+                ("pipeline view", f"http://localhost:8080/#/gate/runs/{step.build.buildid}"),
+                ("build[0]@x86_64 #3", "http://localhost:8080/#/builders/201/builds/3"),
+            ],
         )
 
 

@@ -5,18 +5,29 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from buildbot.www.authz.authz import Authz
+from buildbot.www.authz.endpointmatchers import AnyControlEndpointMatcher
+from buildbot.www.authz.roles import RolesFromUsername
 from twisted.internet import defer
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from gating.forge import ForgeError
 from gating.queue import QueueError
-from gating.www import ApproveResource, GatingApp, QueueResource
+from gating.www import (
+    ApproveResource,
+    DequeueResource,
+    GatingApp,
+    QueueResource,
+    WhoAmIResource,
+)
 
 
 class FakeScheduler:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.approved: list[tuple[str, int]] = []
+        self.dequeued: list[tuple[str, str]] = []
         self.gate = SimpleNamespace(
             find=lambda key: SimpleNamespace(state=SimpleNamespace(value="testing"))
         )
@@ -29,6 +40,12 @@ class FakeScheduler:
             "finished": [],
         }
 
+    def dequeue(self, key, reason):
+        if self.error:
+            return defer.fail(self.error)
+        self.dequeued.append((key, reason))
+        return defer.succeed([])
+
     def approve(self, project, number):
         if self.error:
             return defer.fail(self.error)
@@ -36,15 +53,34 @@ class FakeScheduler:
         return defer.succeed([])
 
 
-def app_with(scheduler) -> GatingApp:
+class FakeWWW:
+    """Buildbot's www service as far as authz goes, with the rules a site with a ``web``
+    stanza gets: control actions for the "admins" role (user "admin")."""
+
+    def __init__(self):
+        self.authz = Authz(
+            allowRules=[AnyControlEndpointMatcher(role="admins")],
+            roleMatchers=[RolesFromUsername(roles=["admins"], usernames=["admin"])],
+        )
+        self.authz.setMaster(None)
+
+    def assertUserAllowed(self, request, ep, action, options):
+        return self.authz.assertUserAllowed(ep, action, options, request.getSession().user_info)
+
+
+def app_with(scheduler, www=None) -> GatingApp:
     app = GatingApp()
     services = {"gate": scheduler} if scheduler else {}
-    app.setMaster(SimpleNamespace(scheduler_manager=SimpleNamespace(namedServices=services)))
+    app.setMaster(
+        SimpleNamespace(scheduler_manager=SimpleNamespace(namedServices=services), www=www)
+    )
     return app
 
 
-def post(resource, body: bytes) -> DummyRequest:
+def post(resource, body: bytes, user: str | None = None) -> DummyRequest:
     request = DummyRequest([b""])
+    session = SimpleNamespace(user_info={"username": user} if user else {})
+    request.getSession = lambda: session
     request.method = b"POST"
     request.content = __import__("io").BytesIO(body)
     result = resource.render(request)
@@ -102,3 +138,51 @@ def test_approve_with_a_malformed_body_is_400_and_changes_nothing():
         request = post(ApproveResource(app_with(scheduler)), body)
         assert request.responseCode == 400
     assert scheduler.approved == []
+
+
+def test_dequeue_takes_the_change_out_with_the_reason_and_who():
+    scheduler = FakeScheduler()
+    request = post(
+        DequeueResource(app_with(scheduler, FakeWWW())),
+        b'{"change": "nova~3", "reason": "breaks the compose"}',
+        user="admin",
+    )
+    assert answer(request) == {"change": "nova~3", "state": "dequeued"}
+    assert scheduler.dequeued == [("nova~3", "breaks the compose (by admin)")]
+
+
+def test_control_actions_are_refused_to_anonymous_and_non_admin_users():
+    scheduler = FakeScheduler()
+    app = app_with(scheduler, FakeWWW())
+    for user in (None, "dev"):
+        request = post(DequeueResource(app), b'{"change": "nova~3"}', user=user)
+        assert request.responseCode == 403
+        assert answer(request)["error"].startswith("forbidden: you need to have role 'admins'")
+        request = post(ApproveResource(app), b'{"project": "nova", "change": 3}', user=user)
+        assert request.responseCode == 403
+    assert scheduler.dequeued == [] and scheduler.approved == []
+    request = post(ApproveResource(app), b'{"project": "nova", "change": 3}', user="admin")
+    assert request.responseCode == 200 and scheduler.approved == [("nova", 3)]
+
+
+def test_dequeue_refusals_and_malformed_bodies_change_nothing():
+    error = QueueError("change nova~3 is being merged; it cannot be dequeued now")
+    request = post(DequeueResource(app_with(FakeScheduler(error))), b'{"change": "nova~3"}')
+    assert request.responseCode == 400
+    assert answer(request) == {"error": str(error)}
+    scheduler = FakeScheduler()
+    for body in (b"[]", b'{"change": 3}', b'{"change": "nova"}', b'{"reason": "x"}'):
+        request = post(DequeueResource(app_with(scheduler)), body)
+        assert request.responseCode == 400
+    assert scheduler.dequeued == []
+
+
+def test_whoami_says_who_may_control_the_gate():
+    app = app_with(FakeScheduler(), FakeWWW())
+    for user, admin in ((None, False), ("dev", False), ("admin", True)):
+        request = DummyRequest([b""])
+        session = SimpleNamespace(user_info={"username": user} if user else {})
+        request.getSession = lambda session=session: session
+        result = WhoAmIResource(app).render_GET(request)
+        assert result == NOT_DONE_YET
+        assert answer(request) == {"user": user, "admin": admin}

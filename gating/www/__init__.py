@@ -11,6 +11,18 @@ at ``/plugins/gating/`` (enabled by ``c['www']['plugins']['gating']``).
 * ``GET  api/compose-reports[/<compose id>]``: the compose check reports (JSON), and
   ``compose/[<compose id>]`` the same as HTML pages.
 
+* ``GET  api/gate``: what the Gate page draws (:func:`gating.gateview.gate_view`): the
+  queues with each item's place in its speculative chain, resets, pipeline runs and job
+  instances with their progress;
+* ``GET  api/runs/<buildid>``: one pipeline run as its stages (the pipeline view);
+* ``POST api/dequeue`` ``{"change": "P~N", "reason": TEXT}``: take a change out of the gate;
+* ``GET  api/whoami``: the logged-in user and whether they may control the gate;
+* ``scripts.js``: the web UI plugin (the Gate, pipeline run, compose and task repo pages).
+
+Control actions (approve, dequeue) go through Buildbot's authz, as ``("gating", action)``
+endpoints with that action: with :class:`buildbot.www.authz.endpointmatchers.
+AnyControlEndpointMatcher` rules (the site's ``web`` stanza), only the admin role may.
+
 The gate API answers on every master of a cluster (multi-master): where the gate
 scheduler is not active, ``api/queue`` reads the queues the active master saved in the
 shared database (``"active": false``), and ``api/approve`` is forwarded to the active
@@ -21,14 +33,17 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from typing import Any
 
+from buildbot.www.authz.authz import Forbidden
 from buildbot.www.plugin import Application
 from twisted.internet import defer
 from twisted.python import log
 from twisted.web import resource, server, static
 
-from gating import gaterpc
+from gating import gaterpc, gateview
+from gating import runsdb as runs
 from gating.composepoller import COMPOSE_SCHEDULER, list_reports, report_path
 from gating.queue import QueueError
 
@@ -40,6 +55,50 @@ def _json(request: Any, code: int, payload: Any) -> bytes:
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-cache")
     return json.dumps(payload, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _respond(request: Any, d: defer.Deferred, what: str) -> Any:
+    """Answer ``request`` with the JSON the Deferred gives ``(code, payload)``; a
+    :class:`Forbidden` is a 403, anything unexpected a logged 500."""
+
+    def done(value: tuple[int, Any]) -> None:
+        code, payload = value
+        request.write(_json(request, code, payload))
+        request.finish()
+
+    def failed(f: Any) -> None:
+        if f.check(Forbidden):
+            request.write(_json(request, 403, {"error": f"forbidden: {f.value.message.decode()}"}))
+        else:
+            log.err(f, f"gate: {what}")
+            request.write(_json(request, 500, {"error": "internal error; see the master log"}))
+        request.finish()
+
+    d.addCallbacks(done, failed)
+    return server.NOT_DONE_YET
+
+
+def _user(request: Any) -> dict[str, Any]:
+    return getattr(request.getSession(), "user_info", None) or {}
+
+
+@defer.inlineCallbacks
+def assert_allowed(master: Any, request: Any, action: str) -> Any:
+    """Buildbot's authz for a gate action (``approve``, ``dequeue``, ``get``): raises
+    :class:`Forbidden` unless the site's rules let the request's user do it."""
+    www = getattr(master, "www", None)
+    if www is None:
+        return
+    yield www.assertUserAllowed(request, ("gating", action), action, {})
+
+
+@defer.inlineCallbacks
+def is_allowed(master: Any, request: Any, action: str) -> Any:
+    try:
+        yield assert_allowed(master, request, action)
+    except Forbidden:
+        return False
+    return True
 
 
 class _GateResource(resource.Resource):
@@ -95,29 +154,165 @@ class ApproveResource(_GateResource):
                 request, 400, {"error": 'expected JSON {"project": NAME, "change": NUMBER}'}
             )
 
-        def done(answer: dict[str, str]) -> None:
-            request.write(_json(request, 200, answer))
-            request.finish()
+        return _respond(request, self.control(request, "approve", project, number), "approve")
 
-        def failed(f: Any) -> None:
-            from gating.forge import ForgeError
+    @defer.inlineCallbacks
+    def control(self, request: Any, action: str, *args: Any) -> Any:
+        """Check the user may, then call the gate: straight to the local gate, or through
+        the message queue to the master that holds it (multi-master; gating.gaterpc)."""
+        from gating.forge import ForgeError
 
-            if f.check(gaterpc.GateUnavailable):
-                request.write(_json(request, 503, {"error": str(f.value)}))
-            elif f.check(QueueError, ForgeError):
-                request.write(_json(request, 400, {"error": str(f.value)}))
-            else:
-                log.err(f, "gate: approve")
-                request.write(_json(request, 500, {"error": "internal error; see the master log"}))
-            request.finish()
+        yield assert_allowed(self.app.master, request, action)
+        try:
+            answer = yield gaterpc.call(
+                self.app.master, action, *args, deadline=gaterpc.APPROVE_DEADLINE
+            )
+        except gaterpc.GateUnavailable as exc:
+            return 503, {"error": str(exc)}
+        except (QueueError, ForgeError) as exc:
+            return 400, {"error": str(exc)}
+        return 200, answer
 
-        # Straight to the local gate, or through the message queue to the master that
-        # holds it (multi-master; gating.gaterpc).
-        d = gaterpc.call(
-            self.app.master, "approve", project, number, deadline=gaterpc.APPROVE_DEADLINE
+
+class DequeueResource(ApproveResource):
+    def render_POST(self, request: Any) -> Any:
+        if self.scheduler() is None:
+            return _json(request, 404, {"error": "no gate is configured on this master"})
+        try:
+            body = json.loads(request.content.read() or b"{}")
+            key = body["change"]
+            reason = body.get("reason") or "dequeued by an admin"
+            if not isinstance(key, str) or not isinstance(reason, str) or "~" not in key:
+                raise TypeError("change")
+        except (ValueError, KeyError, TypeError):
+            return _json(
+                request,
+                400,
+                {"error": 'expected JSON {"change": "PROJECT~NUMBER", "reason": TEXT}'},
+            )
+        user = _user(request).get("username")
+        if user:
+            reason = f"{reason} (by {user})"
+        return _respond(request, self.control(request, "dequeue", key, reason[:500]), "dequeue")
+
+
+class WhoAmIResource(_GateResource):
+    """``api/whoami``: ``{"user": NAME or null, "admin": BOOL}`` (admin: may control the gate)."""
+
+    def render_GET(self, request: Any) -> Any:
+        @defer.inlineCallbacks
+        def answer() -> Any:
+            admin = yield is_allowed(self.app.master, request, "dequeue")
+            return 200, {"user": _user(request).get("username"), "admin": admin}
+
+        return _respond(request, answer(), "whoami")
+
+
+def _plan(master: Any) -> dict[str, Any]:
+    svc = master.service_manager.namedServices.get(runs.UI_PLAN_SERVICE)
+    return getattr(svc, "plan", None) or {"pipelines": {}, "builders": {}}
+
+
+class GateViewResource(_GateResource):
+    """``api/gate``: what the Gate page draws (:func:`gating.gateview.gate_view`)."""
+
+    def render_GET(self, request: Any) -> Any:
+        return _respond(request, self.view(request), "gate view")
+
+    @defer.inlineCallbacks
+    def view(self, request: Any) -> Any:
+        master = self.app.master
+        yield assert_allowed(master, request, "get")
+        scheduler = self.scheduler()
+        if scheduler is None:
+            return 404, {"error": "no gate is configured on this master"}
+        if getattr(scheduler, "gate", None) is not None:
+            status = scheduler.status()
+        else:
+            status = yield scheduler.saved_status()
+        reader = self.app.reader()
+        tops = gateview.top_bsids(status)
+        requests, builds, children = yield reader.rows(tops)
+        names = yield reader.builder_names({r["builderid"] for r in requests})
+        estimates = yield reader.estimates(
+            {r["builderid"] for r in requests if r["bsid"] not in tops}
         )
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+        now = time.time()
+        found = gateview.assemble_runs(
+            tops, requests, builds, children, names, _plan(master), estimates, now
+        )
+        return 200, gateview.gate_view(status, found, now)
+
+
+class RunResource(resource.Resource):
+    """``api/runs``: the latest pipeline runs; ``api/runs/<buildid>``: one pipeline run as
+    its stages (the pipeline view)."""
+
+    def __init__(self, app: GatingApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path == b"":
+            return self
+        return _OneRun(self.app, path.decode("utf-8", "replace"))
+
+    def render_GET(self, request: Any) -> Any:
+        @defer.inlineCallbacks
+        def answer() -> Any:
+            master = self.app.master
+            yield assert_allowed(master, request, "get")
+            plan = _plan(master)
+            found = yield self.app.reader().recent_runs(list(plan["pipelines"]))
+            for run in found:
+                run["state"] = gateview.job_state(None, run)
+                run["url"] = gateview.build_url(run["builderid"], run["number"])
+            return 200, {"pipelines": plan["pipelines"], "runs": found}
+
+        return _respond(request, answer(), "pipeline runs")
+
+
+class _OneRun(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, app: GatingApp, buildid: str) -> None:
+        super().__init__()
+        self.app = app
+        self.buildid = buildid
+
+    def render_GET(self, request: Any) -> Any:
+        if not self.buildid.isdigit():
+            return _json(request, 400, {"error": "expected api/runs/<pipeline build id>"})
+        return _respond(request, self.view(request, int(self.buildid)), "pipeline run")
+
+    @defer.inlineCallbacks
+    def view(self, request: Any, buildid: int) -> Any:
+        master = self.app.master
+        yield assert_allowed(master, request, "get")
+        reader = self.app.reader()
+        found = yield reader.run_rows(buildid)
+        if found is None:
+            return 404, {"error": f"no build {buildid}"}
+        build, req, child_requests, child_builds = found
+        names = yield reader.builder_names(
+            {build["builderid"], *(r["builderid"] for r in child_requests)}
+        )
+        name = names.get(build["builderid"], "")
+        plan = _plan(master)
+        if name not in plan["pipelines"]:
+            return 404, {"error": f"build {buildid} is not a pipeline run"}
+        estimates = yield reader.estimates({r["builderid"] for r in child_requests})
+        latest: dict[int, Any] = {}
+        for b in sorted(child_builds, key=lambda b: b["buildid"]):
+            latest[b["brid"]] = b
+        triggered: dict[str, Any] = {}
+        for r in sorted(child_requests, key=lambda r: r["brid"]):
+            triggered[names.get(r["builderid"], "")] = (r, latest.get(r["brid"]))
+        props = yield master.db.builds.getBuildProperties(buildid)
+        values = {k: v[0] for k, v in (props or {}).items()}
+        return 200, gateview.run_view(
+            build, name, req, triggered, plan, estimates, values, time.time()
+        )
 
 
 class ReposResource(resource.Resource):
@@ -305,14 +500,24 @@ def _page(request: Any, code: int, title: str, body: str) -> bytes:
 
 class GatingApp(Application):
     def __init__(self) -> None:
-        super().__init__(__name__, "buildbot-gating: the gate's queues", ui=False)
+        super().__init__(__name__, "buildbot-gating: the gate's queues and pages")
+        self._reader: runs.RunReader | None = None
         api = resource.Resource()
         api.putChild(b"queue", QueueResource(self))
+        api.putChild(b"gate", GateViewResource(self))
+        api.putChild(b"runs", RunResource(self))
         api.putChild(b"approve", ApproveResource(self))
+        api.putChild(b"dequeue", DequeueResource(self))
+        api.putChild(b"whoami", WhoAmIResource(self))
         api.putChild(b"compose-reports", ComposeReportsResource(self))
         self.resource.putChild(b"api", api)
         self.resource.putChild(b"compose", ComposePageResource(self))
         self.resource.putChild(b"repos", ReposResource(self))
+
+    def reader(self) -> runs.RunReader:
+        if self._reader is None or self._reader.master is not self.master:
+            self._reader = runs.RunReader(self.master)
+        return self._reader
 
 
 ep = GatingApp()

@@ -53,10 +53,22 @@ class Site(LocalSite):
 def make_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started: list[Site] = []
 
-    def make(name: str, *, source: Path | None = None, start: bool = True) -> Site:
+    def make(
+        name: str,
+        *,
+        source: Path | None = None,
+        start: bool = True,
+        secrets: dict[str, str] | None = None,
+    ) -> Site:
         base = tmp_path_factory.mktemp(name)
         shutil.copytree(source or SITES / name, base / "config")
         site = Site(base, www_port=free_port(), pb_port=free_port())
+        # Secrets the configuration needs to load (never in the site's files in git).
+        for secret, value in (secrets or {}).items():
+            (site.master_dir / "secrets").mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = site.master_dir / "secrets" / secret
+            path.write_text(value + "\n")
+            path.chmod(0o600)
         site.create()
         if start:
             site.start()

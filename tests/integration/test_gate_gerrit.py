@@ -59,7 +59,7 @@ def test_approval_enqueues_success_submits_failure_votes_verified_minus_one(gerr
     assert len(submits) == 1 and f"~{good}/" in submits[0] + "/"
     votes = [r for r in gerrit.reviews("nova", bad) if r["user"] == "gate"]
     assert votes[-1]["labels"] == {"Verified": -1}
-    assert "gate pipeline failed" in votes[-1]["message"]
+    assert "job packstack on x86_64: failure" in votes[-1]["message"]
     # Code-Review+2 alone does not meet the rule: that change never entered the gate.
     status = queue_json(site)
     seen = {i["change"] for q in status["queues"] for i in q["items"]}

@@ -1,0 +1,180 @@
+"""A gate site for the benchmarks, made the way the integration tests make theirs
+(tests/integration/test_gate.py): the configuration of tests/integration/sites/gate (one
+queue ``rdo`` shared by the projects ``nova`` and ``ceilometer``, the ``packstack`` gate
+job that sleeps ``$(cat DURATION)`` seconds, three x86_64 workers), a master and its
+workers as processes on loopback (:class:`gating.localsite.LocalSite`), changes proposed
+by ``git push HEAD:refs/for/main`` into the embedded forge and approved over the API."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import REPO_ROOT
+from gating.localsite import LocalSite, free_port
+
+GATE_SITE = REPO_ROOT / "tests" / "integration" / "sites" / "gate"
+PROJECTS = ("nova", "ceilometer")
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.org", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def make_seeds(base: Path) -> None:
+    """The starting repositories of the projects (``../seeds/P`` in the site's config)."""
+    for project in PROJECTS:
+        repo = base / "seeds" / project
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "--initial-branch=main")
+        (repo / f"{project}.spec").write_text(f"Name: openstack-{project}\n")
+        (repo / "shared.txt").write_text("base\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"Import {project}")
+
+
+def create_gate_site(
+    base: Path,
+    *,
+    window: int | None = None,
+    without_pipelines: tuple[str, ...] = ("check.yaml",),
+) -> LocalSite:
+    """A gate site in ``base`` (not started). ``window`` fixes the ``rdo`` queue's window
+    (window and window-ceiling); the pipelines named in ``without_pipelines`` are left out
+    (by default the ceilometer ``check`` pipeline, which would run on every push)."""
+    base.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(GATE_SITE, base / "config")
+    for name in without_pipelines:
+        (base / "config" / "pipelines" / name).unlink()
+    make_seeds(base)
+    if window is not None:
+        conf = base / "config" / "gating.yaml"
+        data = yaml.safe_load(conf.read_text())
+        data["queues"]["rdo"] = {"window": window, "window-ceiling": window}
+        conf.write_text(yaml.safe_dump(data, sort_keys=False))
+    site = LocalSite(base, www_port=free_port(), pb_port=free_port())
+    site.create()
+    return site
+
+
+def propose_many(
+    site: LocalSite,
+    project: str,
+    count: int,
+    files: Callable[[int], dict[str, str]],
+    message: Callable[[int], str],
+) -> list[int]:
+    """Propose ``count`` independent changes (each on top of main) to ``project``: one
+    working clone, one commit and one ``git push origin HEAD:refs/for/main`` per change.
+    ``files(i)`` and ``message(i)`` make change i. Returns the change numbers."""
+    work = site.basedir / "dev" / f"{project}-{time.monotonic_ns()}"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    git(site.basedir, "clone", "-q", str(site.master_dir / "git" / f"{project}.git"), str(work))
+    numbers = []
+    for i in range(count):
+        git(work, "checkout", "-q", "--detach", "origin/main")
+        for name, content in files(i).items():
+            path = work / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+        git(work, "add", "-A")
+        git(work, "commit", "-q", "-m", message(i))
+        out = subprocess.run(
+            ["git", "push", "origin", "HEAD:refs/for/main"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = re.search(rf"change {re.escape(project)}~(\d+)", out.stdout + out.stderr)
+        if not found:
+            raise RuntimeError(f"push to {project} made no change: {out.stderr}")
+        numbers.append(int(found.group(1)))
+    return numbers
+
+
+def propose_in_parallel(
+    site: LocalSite,
+    counts: dict[str, int],
+    files: Callable[[str, int], dict[str, str]],
+    message: Callable[[str, int], str],
+) -> dict[str, list[int]]:
+    """:func:`propose_many` for several projects at once (a thread per project)."""
+    results: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def one(project: str) -> None:
+        try:
+            results[project] = propose_many(
+                site,
+                project,
+                counts[project],
+                lambda i: files(project, i),
+                lambda i: message(project, i),
+            )
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in counts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def approve(site: LocalSite, project: str, number: int) -> dict[str, Any]:
+    """``POST plugins/gating/api/approve``; a refusal raises with the master's message."""
+    try:
+        return site.approve(project, number)
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(
+            f"approve {project}~{number}: HTTP {exc.code} {exc.read().decode(errors='replace')}"
+        ) from exc
+
+
+def get(url: str, timeout: float = 30) -> tuple[bytes, float]:
+    """``GET url``: the body and the seconds it took (until the last byte)."""
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = resp.read()
+    return body, time.perf_counter() - start
+
+
+def queue_status(site: LocalSite) -> dict[str, Any]:
+    body, _ = get(site.url + "plugins/gating/api/queue")
+    return json.loads(body)
+
+
+def wait_for_states(site: LocalSite, want: dict[str, int], timeout: float = 120) -> dict[str, int]:
+    """Wait until the items of all queues are in the states ``want`` counts (e.g.
+    ``{"testing": 3, "queued": 197}``); returns the last counts seen (which differ from
+    ``want`` after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts: dict[str, int] = {}
+        for queue in queue_status(site)["queues"]:
+            for item in queue["items"]:
+                counts[item["state"]] = counts.get(item["state"], 0) + 1
+        if counts == want or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.5)
