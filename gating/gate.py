@@ -246,6 +246,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             revision=info.revision,
             depends_on=depends,
             subject=info.subject,
+            url=getattr(info, "url", ""),  # Gerrit's page of the change (the UI links it)
         )
         result = yield self._event(lambda gate: gate.enqueue(change))
         return result

@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 
 from gating.localsite import free_port
 from tests.integration.conftest import FAILURE, SUCCESS
+from tests.support.browser import artifacts_dir, browser_page
 from tests.support.composes import ComposeServer, image, set_status, write_compose
 from tests.support.koji_hub import KojiTestHub
 
@@ -284,3 +285,23 @@ def test_the_report_of_two_composes_agrees_in_json_mail_ui_and_cli(site, compose
     index = plugin(site, "compose/").decode()
     for compose_id in (RAWHIDE_A, RAWHIDE_B, BRANCHED_1, BRANCHED_2, NIGHTLY):
         assert compose_id in index
+
+    # the pages of Buildbot's web UI (Gate > Compose reports), in headless Chromium
+    with browser_page(artifacts_dir(), "compose-report") as browser:
+        browser.goto(site.url + "#/gate/composes")
+        rows = browser.locator("[data-testid=compose-row]")
+        rows.first.wait_for()
+        listed = rows.all_inner_texts()
+        for compose_id in (RAWHIDE_A, RAWHIDE_B, BRANCHED_1, BRANCHED_2, NIGHTLY):
+            assert any(compose_id in row for row in listed), listed
+        browser.get_by_role("link", name=RAWHIDE_B, exact=True).click()
+        browser.locator("[data-testid=compose-page]").wait_for()
+        assert browser.locator("[data-testid=compose-result]").inner_text() == "failed"
+        added = browser.locator("[data-testid=compose-added]").inner_text()
+        removed = browser.locator("[data-testid=compose-removed]").inner_text()
+        assert [i["path"] in added for i in data["added"]] == [True]
+        assert [i["path"] in removed for i in data["removed"]] == [True]
+        missing = browser.locator("[data-testid=compose-missing] li").all_inner_texts()
+        assert missing == ["KDE live x86_64", "Workstation live x86_64"]
+        link = browser.locator("[data-testid=compose-failed] a")
+        assert (link.inner_text(), link.get_attribute("href")) == (JOB, failed["url"])

@@ -52,6 +52,8 @@ def test_approval_enqueues_success_submits_failure_votes_verified_minus_one(gerr
     finished = wait_until_finished(site, [f"nova~{good}", f"nova~{bad}"])
     assert finished[f"nova~{good}"]["state"] == "merged"
     assert finished[f"nova~{bad}"]["state"] == "dequeued"
+    # The gate (and its page) links each change to its page on Gerrit.
+    assert finished[f"nova~{good}"]["url"] == f"{gerrit.url}/c/nova/+/{good}"
 
     assert gerrit.status("nova", good) == "MERGED"
     assert gerrit.status("nova", bad) == "NEW"

@@ -12,6 +12,7 @@ import yaml
 
 from gating.taskrunner import TASK_BUILDER
 from tests.integration.conftest import FAILURE, SUCCESS
+from tests.support.browser import artifacts_dir, browser_page
 from tests.support.koji_hub import KojiTestHub
 from tests.support.taskrepos import BROKEN_MESSAGES, head, make_task_repo
 
@@ -103,6 +104,20 @@ def test_a_completed_build_runs_its_koji_build_task_and_reports_the_broken_one(s
     assert steps[0]["state_string"] == (
         "task broken on nova-1.0-1.fc40 (koji_build): broken broken/runtask.yaml (failure)"
     )
+
+    # the Task repos page of the web UI, in headless Chromium
+    with browser_page(artifacts_dir(), "task-repos") as page:
+        page.goto(site.url + "#/gate/tasks")
+        rows = page.locator("[data-testid=task-row]")
+        rows.nth(1).wait_for()
+        shown = {
+            rows.nth(i).locator("[data-testid=task-name]").inner_text(): rows.nth(i)
+            .locator("[data-testid=task-result] .gating-badge")
+            .inner_text()
+            for i in range(rows.count())
+        }
+        assert shown == {"check_nvr": "success", "broken": "failure"}
+        assert "nova-1.0-1.fc40" in rows.first.inner_text()
 
     # a package without a task repository, a release whose branch does not exist: no builds
     hub.import_build("glance", "1.0", "1.fc40")

@@ -66,15 +66,15 @@
 
   // Poll ``url`` every ``interval`` ms (immediately on mount and on reload()).
   function usePoll(url, interval) {
-    const [state, setState] = useState({ data: null, error: null, updated: null });
+    const [state, setState] = useState({ url: null, data: null, error: null, updated: null });
     const timer = useRef(null);
     const alive = useRef(true);
     const load = useCallback(() => {
       clearTimeout(timer.current);
       if (!url) return;
       fetchJSON(url)
-        .then((data) => alive.current && setState({ data, error: null, updated: new Date() }))
-        .catch((error) => alive.current && setState((s) => Object.assign({}, s, { error })))
+        .then((data) => alive.current && setState({ url, data, error: null, updated: new Date() }))
+        .catch((error) => alive.current && setState((s) => Object.assign({}, s, { url, error })))
         .finally(() => {
           if (alive.current && interval) timer.current = setTimeout(load, interval);
         });
@@ -87,6 +87,8 @@
         clearTimeout(timer.current);
       };
     }, [load]);
+    // What was read for another URL (the route's parameters changed) is not shown.
+    if (state.url !== url) return { data: null, error: null, updated: null, reload: load };
     return Object.assign({}, state, { reload: load });
   }
 
@@ -97,12 +99,7 @@
 
   // -- small pieces -----------------------------------------------------------------------
 
-  const STATE_CLASS = {
-    success: "results_SUCCESS", warnings: "results_WARNINGS", failure: "results_FAILURE",
-    skipped: "results_SKIPPED", exception: "results_EXCEPTION", retry: "results_RETRY",
-    cancelled: "results_CANCELLED", running: "results_PENDING", pending: "",
-    waiting: "",
-  };
+  const RESULTS = ["success", "warnings", "failure", "skipped", "exception", "retry", "cancelled"];
 
   function short(sha) {
     return sha ? String(sha).slice(0, 10) : "";
@@ -535,7 +532,7 @@
 
   // -- task repository results -------------------------------------------------------------
 
-  const TASK_PROPS = ["package", "task_directory", "task_event", "task_item", "task_repo", "task_branch", "task_commit", "nvr", "tag"];
+  const TASK_PROPS = ["package", "task_name", "task_directory", "task_event", "task_item", "task_repo", "task_branch", "task_commit", "nvr", "tag"];
 
   function TasksPage() {
     const builder = usePoll("api/v2/builders?name=task-repo", 0);
@@ -551,11 +548,11 @@
       list.length ? h("table", { className: "table table-sm" },
         h("thead", null, h("tr", null, ["task", "package", "event", "on", "result", "build"].map((k) => h("th", { key: k }, k)))),
         h("tbody", null, list.map((build) => h("tr", { key: build.buildid, "data-testid": "task-row" },
-          h("td", null, prop(build, "task_directory")),
+          h("td", { "data-testid": "task-name" }, prop(build, "task_name") || prop(build, "task_directory")),
           h("td", null, prop(build, "package")),
           h("td", null, prop(build, "task_event")),
           h("td", null, prop(build, "task_item") || prop(build, "nvr")),
-          h("td", null, h(Badge, { value: build.complete ? ["success", "warnings", "failure", "skipped", "exception", "retry", "cancelled"][build.results] : "running" }),
+          h("td", { "data-testid": "task-result" }, h(Badge, { value: build.complete ? RESULTS[build.results] : "running" }),
             " ", build.state_string),
           h("td", null, h("a", { href: `#/builders/${build.builderid}/builds/${build.number}` }, `#${build.number}`))))))
         : (b ? h("p", null, "No task has run yet.") : null));
