@@ -222,9 +222,20 @@ class LocalSite:
         return _live_pid(self.master_dir / "twistd.pid")
 
     def stop(self) -> None:
+        """Stop the workers (all at once: SIGTERM, as ``buildbot-worker stop`` sends it, then
+        wait for each), then the master."""
         workers = self.basedir / "workers"
-        for wdir in sorted(workers.iterdir()) if workers.exists() else []:
-            self.stop_worker(wdir.name)
+        names = [w.name for w in sorted(workers.iterdir())] if workers.exists() else []
+        running = {name: pid for name in names if (pid := self.worker_pid(name)) is not None}
+        for pid in running.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        # A worker running a command can take long to let go of it: it is killed after 10 s
+        # (its builds are lost either way).
+        for name, pid in running.items():
+            _reap(pid, lambda name=name: self.worker_pid(name), grace=10)
         pid = self.master_pid()
         if pid is not None:
             try:

@@ -208,6 +208,31 @@ class WhoAmIResource(_GateResource):
         return _respond(request, answer(), "whoami")
 
 
+class _Collection(resource.Resource):
+    """A resource answering at its own path (``name/``) and giving ``name/<id>`` to a
+    :class:`_Member` of class ``member``."""
+
+    member: type[_Member]
+
+    def __init__(self, app: GatingApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path == b"":
+            return self
+        return self.member(self.app, path.decode("utf-8", "replace"))
+
+
+class _Member(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, app: GatingApp, name: str) -> None:
+        super().__init__()
+        self.app = app
+        self.name = name
+
+
 def _plan(master: Any) -> dict[str, Any]:
     svc = master.service_manager.namedServices.get(runs.UI_PLAN_SERVICE)
     return getattr(svc, "plan", None) or {"pipelines": {}, "builders": {}}
@@ -244,18 +269,9 @@ class GateViewResource(_GateResource):
         return 200, gateview.gate_view(status, found, now)
 
 
-class RunResource(resource.Resource):
+class RunResource(_Collection):
     """``api/runs``: the latest pipeline runs; ``api/runs/<buildid>``: one pipeline run as
     its stages (the pipeline view)."""
-
-    def __init__(self, app: GatingApp) -> None:
-        super().__init__()
-        self.app = app
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        if path == b"":
-            return self
-        return _OneRun(self.app, path.decode("utf-8", "replace"))
 
     def render_GET(self, request: Any) -> Any:
         @defer.inlineCallbacks
@@ -272,18 +288,11 @@ class RunResource(resource.Resource):
         return _respond(request, answer(), "pipeline runs")
 
 
-class _OneRun(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, app: GatingApp, buildid: str) -> None:
-        super().__init__()
-        self.app = app
-        self.buildid = buildid
-
+class _OneRun(_Member):
     def render_GET(self, request: Any) -> Any:
-        if not self.buildid.isdigit():
+        if not self.name.isdigit():
             return _json(request, 400, {"error": "expected api/runs/<pipeline build id>"})
-        return _respond(request, self.view(request, int(self.buildid)), "pipeline run")
+        return _respond(request, self.view(request, int(self.name)), "pipeline run")
 
     @defer.inlineCallbacks
     def view(self, request: Any, buildid: int) -> Any:
@@ -349,18 +358,9 @@ def _reports_dir(app: Any) -> str | None:
     return scheduler.settings.reports_dir if scheduler is not None else None
 
 
-class ComposeReportsResource(resource.Resource):
+class ComposeReportsResource(_Collection):
     """``api/compose-reports``: every compose check report (newest first);
     ``api/compose-reports/<compose id>``: one."""
-
-    def __init__(self, app: GatingApp) -> None:
-        super().__init__()
-        self.app = app
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        if path == b"":
-            return self
-        return _OneReport(self.app, path.decode("utf-8", "replace"))
 
     def render_GET(self, request: Any) -> bytes:
         folder = _reports_dir(self.app)
@@ -369,18 +369,11 @@ class ComposeReportsResource(resource.Resource):
         return _json(request, 200, {"reports": list_reports(folder)})
 
 
-class _OneReport(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, app: GatingApp, compose_id: str) -> None:
-        super().__init__()
-        self.app = app
-        self.compose_id = compose_id
-
+class _OneReport(_Member):
     def render_GET(self, request: Any) -> bytes:
-        data = _load_report(self.app, self.compose_id)
+        data = _load_report(self.app, self.name)
         if data is None:
-            return _json(request, 404, {"error": f"no report of compose {self.compose_id}"})
+            return _json(request, 404, {"error": f"no report of compose {self.name}"})
         return _json(request, 200, data)
 
 
@@ -394,17 +387,8 @@ def _load_report(app: Any, compose_id: str) -> dict[str, Any] | None:
         return None
 
 
-class ComposePageResource(resource.Resource):
+class ComposePageResource(_Collection):
     """``compose/``: the compose check reports as HTML pages (``compose/<id>``)."""
-
-    def __init__(self, app: GatingApp) -> None:
-        super().__init__()
-        self.app = app
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        if path == b"":
-            return self
-        return _ReportPage(self.app, path.decode("utf-8", "replace"))
 
     def render_GET(self, request: Any) -> bytes:
         folder = _reports_dir(self.app)
@@ -424,19 +408,12 @@ class ComposePageResource(resource.Resource):
         return _page(request, 200, "Compose check reports", body)
 
 
-class _ReportPage(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, app: GatingApp, compose_id: str) -> None:
-        super().__init__()
-        self.app = app
-        self.compose_id = compose_id
-
+class _ReportPage(_Member):
     def render_GET(self, request: Any) -> bytes:
-        data = _load_report(self.app, self.compose_id)
+        data = _load_report(self.app, self.name)
         if data is None:
             return _page(request, 404, "No report", "<p>No report of this compose.</p>")
-        return _page(request, 200, data.get("subject", self.compose_id), report_html(data))
+        return _page(request, 200, data.get("subject", self.name), report_html(data))
 
 
 def _image_rows(images: list[dict[str, Any]]) -> str:
@@ -496,6 +473,11 @@ def _page(request: Any, code: int, title: str, body: str) -> bytes:
         "td,th{border:1px solid #ccc;padding:2px 6px}.failed{color:#b00}</style></head>"
         f"<body>{body}</body></html>"
     ).encode()
+
+
+RunResource.member = _OneRun
+ComposeReportsResource.member = _OneReport
+ComposePageResource.member = _ReportPage
 
 
 class GatingApp(Application):
