@@ -43,16 +43,34 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
 
+# How a goal compares the statistic with its limit.
+GOAL_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda value, limit: value < limit,
+    "<=": lambda value, limit: value <= limit,
+    ">": lambda value, limit: value > limit,
+    ">=": lambda value, limit: value >= limit,
+}
+
+
 @dataclass(frozen=True)
 class Goal:
     """``stat`` (median, p95, min, max) of a figure must be below ``limit`` (the figure's
-    unit)."""
+    unit); ``op`` says otherwise: ``"<="``, ``">"`` (e.g. a ratio of at least 5: ``Goal(
+    "median", 5, ">=")``) or ``">="``."""
 
     stat: str
     limit: float
+    op: str = "<"
+
+    def __post_init__(self) -> None:
+        if self.op not in GOAL_OPS:
+            raise ValueError(f"unknown goal comparison {self.op!r}; known: {', '.join(GOAL_OPS)}")
 
     def text(self, unit: str) -> str:
-        return f"{self.stat} < {self.limit:g} {unit}"
+        return f"{self.stat} {self.op} {self.limit:g} {unit}".rstrip()
+
+    def holds(self, value: float) -> bool:
+        return GOAL_OPS[self.op](value, self.limit)
 
 
 @dataclass
@@ -90,7 +108,7 @@ class Figure:
         if self.goal is None:
             return None
         value = self.stat(self.goal.stat)
-        return None if value is None else value < self.goal.limit
+        return None if value is None else self.goal.holds(value)
 
     def as_dict(self) -> dict[str, Any]:
         return {

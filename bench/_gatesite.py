@@ -55,10 +55,14 @@ def create_gate_site(
     *,
     window: int | None = None,
     without_pipelines: tuple[str, ...] = ("check.yaml",),
+    workers: int | None = None,
+    window_floor: int | None = None,
 ) -> LocalSite:
     """A gate site in ``base`` (not started). ``window`` fixes the ``rdo`` queue's window
-    (window and window-ceiling); the pipelines named in ``without_pipelines`` are left out
-    (by default the ceilometer ``check`` pipeline, which would run on every push)."""
+    (window and window-ceiling; ``window_floor`` also keeps it from shrinking on failures);
+    the pipelines named in ``without_pipelines`` are left out (by default the ceilometer
+    ``check`` pipeline, which would run on every push). ``workers``: that many x86_64
+    workers (one build each) instead of the site's three."""
     base.mkdir(parents=True, exist_ok=True)
     shutil.copytree(GATE_SITE, base / "config")
     for name in without_pipelines:
@@ -68,7 +72,12 @@ def create_gate_site(
         conf = base / "config" / "gating.yaml"
         data = yaml.safe_load(conf.read_text())
         data["queues"]["rdo"] = {"window": window, "window-ceiling": window}
+        if window_floor is not None:
+            data["queues"]["rdo"]["window-floor"] = window_floor
         conf.write_text(yaml.safe_dump(data, sort_keys=False))
+    if workers is not None:
+        pool = [{"name": f"gate-x86-{n}", "arch": "x86_64"} for n in range(1, workers + 1)]
+        (base / "config" / "workers.yaml").write_text(yaml.safe_dump({"workers": pool}))
     site = LocalSite(base, www_port=free_port(), pb_port=free_port())
     site.create()
     return site
@@ -80,15 +89,17 @@ def propose_many(
     count: int,
     files: Callable[[int], dict[str, str]],
     message: Callable[[int], str],
+    first: int = 0,
 ) -> list[int]:
     """Propose ``count`` independent changes (each on top of main) to ``project``: one
     working clone, one commit and one ``git push origin HEAD:refs/for/main`` per change.
-    ``files(i)`` and ``message(i)`` make change i. Returns the change numbers."""
-    work = site.basedir / "dev" / f"{project}-{time.monotonic_ns()}"
+    ``files(i)`` and ``message(i)`` make change i, for i from ``first``. Returns the
+    change numbers."""
+    work = site.basedir / "dev" / f"{project}-{first}-{time.monotonic_ns()}"
     work.parent.mkdir(parents=True, exist_ok=True)
     git(site.basedir, "clone", "-q", str(site.master_dir / "git" / f"{project}.git"), str(work))
     numbers = []
-    for i in range(count):
+    for i in range(first, first + count):
         git(work, "checkout", "-q", "--detach", "origin/main")
         for name, content in files(i).items():
             path = work / name
@@ -115,31 +126,40 @@ def propose_in_parallel(
     counts: dict[str, int],
     files: Callable[[str, int], dict[str, str]],
     message: Callable[[str, int], str],
+    threads_per_project: int = 1,
 ) -> dict[str, list[int]]:
-    """:func:`propose_many` for several projects at once (a thread per project)."""
-    results: dict[str, list[int]] = {}
+    """:func:`propose_many` for several projects at once (``threads_per_project`` threads
+    per project, each with its own clone and a share of the changes). A project's numbers
+    come back in the order of ``i``, not necessarily ascending."""
+    parts: dict[tuple[str, int], list[int]] = {}
     errors: list[BaseException] = []
 
-    def one(project: str) -> None:
+    def one(project: str, first: int, count: int) -> None:
         try:
-            results[project] = propose_many(
+            parts[(project, first)] = propose_many(
                 site,
                 project,
-                counts[project],
+                count,
                 lambda i: files(project, i),
                 lambda i: message(project, i),
+                first=first,
             )
         except BaseException as exc:  # re-raised below, in the caller's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=one, args=(p,)) for p in counts]
+    threads = []
+    for project, total in counts.items():
+        share = -(-total // max(1, threads_per_project))
+        for first in range(0, total, share) if total else [0]:
+            count = min(share, total - first)
+            threads.append(threading.Thread(target=one, args=(project, first, count)))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
-    return results
+    return {p: [n for (q, _f), ns in sorted(parts.items()) if q == p for n in ns] for p in counts}
 
 
 def approve(site: LocalSite, project: str, number: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,9 +29,10 @@ from typing import Any
 from buildbot.process import buildstep, results
 from buildbot.process.properties import Secret
 from buildbot.util import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
 from twisted.python import log
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from gating import gaterpc
 from gating import overlay as overlaymod
@@ -40,6 +42,8 @@ from gating.forge import git_env
 SERVICE_NAME = "gating-backend"
 RPMBUILD_TRIGGER = "gating:rpmbuild"
 GATE = "gate"
+# Threads of the backend's own pool for builds (koji: a thread waits for each build task).
+BUILD_THREADS = 100
 
 
 class BuildError(Exception):
@@ -53,10 +57,39 @@ def backend_service(master: Any) -> BackendService:
     return found
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
 class BackendService(service.BuildbotService):
-    """The build backend of the master, shared by every built-in job."""
+    """The build backend of the master, shared by every built-in job.
+
+    Builds (a koji build task and the wait for it) run in the service's own thread pool
+    (:meth:`in_build_thread`), never in the reactor's (10 threads): a full window of
+    scratch and candidate builds would otherwise hold all of those, and the export
+    section's koji calls, the gate's git merges and Buildbot's own blocking calls would
+    wait behind them."""
 
     name = SERVICE_NAME
+    _build_pool: ThreadPool | None = None
+
+    def in_build_thread(self, fn: Any, *args: Any) -> defer.Deferred:
+        """``fn(*args)``, a long blocking backend call, in the service's build threads."""
+        if self._build_pool is None:
+            pool = ThreadPool(minthreads=0, maxthreads=BUILD_THREADS, name="gating-builds")
+            # A build waited for when the master stops does not keep the process alive (the
+            # gate starts its runs again after a restart).
+            pool.threadFactory = _daemon_thread
+            pool.start()
+            self._build_pool = pool
+        return threads.deferToThreadPool(reactor, self._build_pool, fn, *args)
+
+    def stopService(self) -> Any:
+        pool, self._build_pool = self._build_pool, None
+        if pool is not None:
+            # Joining would wait for the builds in flight: let the pool end by itself.
+            threading.Thread(target=pool.stop, daemon=True, name="gating-builds-stop").start()
+        return super().stopService()
 
     def checkConfig(  # type: ignore[override]
         self,
@@ -203,7 +236,7 @@ class BackendService(service.BuildbotService):
             if self.backend.builds_on_worker:
                 built = yield self._worker_build(project, commit, True, step)
                 return built
-            built = yield threads.deferToThread(
+            built = yield self.in_build_thread(
                 self.backend.scratch_build, project, self.scm_url(project, commit), commit
             )
             return built
@@ -229,7 +262,7 @@ class BackendService(service.BuildbotService):
                     reused=built.reused,
                     url=str(built.path),
                 )
-            built = yield threads.deferToThread(
+            built = yield self.in_build_thread(
                 self.backend.release_build, project, self.scm_url(project, commit), commit
             )
             return built
@@ -247,7 +280,7 @@ class BackendService(service.BuildbotService):
             tag = self.config.candidate_tag
             if tag is None:
                 raise BuildError("export mode 'promote' needs a candidate-tag")
-            yield threads.deferToThread(self.backend.tag, tag, release.nvr)
+            yield self.in_build_thread(self.backend.tag, tag, release.nvr)
             return release
 
         return self._once((project, commit, "candidate"), make)
@@ -368,11 +401,17 @@ class GateProxy:
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         return gaterpc.call(self.master, "export_tagging", key, attempt, nvr, tag)
 
-    def export_landed(self, key: str, attempt: int, nvr: str) -> defer.Deferred:
-        return gaterpc.call(self.master, "export_landed", key, attempt, nvr)
+    def export_landed(
+        self, key: str, attempt: int, nvr: str, backend_seconds: float | None = None
+    ) -> defer.Deferred:
+        extra = () if backend_seconds is None else (backend_seconds,)
+        return gaterpc.call(self.master, "export_landed", key, attempt, nvr, *extra)
 
-    def export_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
-        return gaterpc.call(self.master, "export_failed", key, attempt, reason)
+    def export_failed(
+        self, key: str, attempt: int, reason: str, backend_seconds: float | None = None
+    ) -> defer.Deferred:
+        extra = () if backend_seconds is None else (backend_seconds,)
+        return gaterpc.call(self.master, "export_failed", key, attempt, reason, *extra)
 
     def job_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
         return gaterpc.call(self.master, "job_failed", key, attempt, reason)
@@ -501,9 +540,26 @@ class ScratchBuild(_BuiltinStep):
 
 
 class Export(_BuiltinStep):
-    """``uses: koji-export``: the serial export section of a gate item."""
+    """``uses: koji-export``: the serial export section of a gate item. The time its
+    section spends in backend calls (``backend_seconds``: the build in mode ``rebuild``,
+    the tag, untag and repo calls) goes to the gate with the section's outcome, for the
+    record (``export-holds.jsonl``)."""
 
     name = "export"
+    backend_seconds = 0.0
+
+    def _backend(self, fn: Any, *args: Any) -> defer.Deferred:
+        """``fn(*args)``, a blocking backend call, in a thread; its time there is added to
+        ``backend_seconds``."""
+
+        def timed() -> Any:
+            start = time.monotonic()
+            try:
+                return fn(*args)
+            finally:
+                self.backend_seconds += time.monotonic() - start
+
+        return threads.deferToThread(timed)
 
     @defer.inlineCallbacks
     def run(self) -> Any:
@@ -529,22 +585,24 @@ class Export(_BuiltinStep):
             yield self._waiting
             yield self.say("holding the export section")
             if mode == "rebuild":
+                started = time.monotonic()
                 self._waiting = svc.release(project, commit, self)
-                release = yield self._waiting
+                try:
+                    release = yield self._waiting
+                finally:
+                    self.backend_seconds += time.monotonic() - started
                 how = "reused (same commit)" if release.reused else "built"
                 yield self.say(f"non-scratch build {release.nvr}: {how}")
             if release.url:
                 yield self.addURL(f"build {release.nvr}", release.url)
             yield gate.export_tagging(key, attempt, release.nvr, dest)
-            tagged = yield threads.deferToThread(svc.backend.tag, dest, release.nvr)
+            tagged = yield self._backend(svc.backend.tag, dest, release.nvr)
             yield self.say(f"{release.nvr} {'tagged into' if tagged else 'already in'} {dest}")
             if mode == "promote" and svc.config.candidate_tag:
-                yield threads.deferToThread(
-                    svc.backend.untag, svc.config.candidate_tag, release.nvr
-                )
-            repo = yield threads.deferToThread(svc.backend.publish_repo, dest)
+                yield self._backend(svc.backend.untag, svc.config.candidate_tag, release.nvr)
+            repo = yield self._backend(svc.backend.publish_repo, dest)
             yield self.say(f"repository of {dest} regenerated ({repo})")
-            landed = yield gate.export_landed(key, attempt, release.nvr)
+            landed = yield gate.export_landed(key, attempt, release.nvr, self.backend_seconds)
             if not landed:
                 yield self.say("this attempt is no longer current; the gate decides again")
                 return results.CANCELLED
@@ -555,7 +613,7 @@ class Export(_BuiltinStep):
             reason = str(exc) or type(exc).__name__
             yield self.say(f"export failed: {reason}")
             # The gate untags what this attempt may have tagged when it reports the item.
-            yield gate.export_failed(key, attempt, reason)
+            yield gate.export_failed(key, attempt, reason, self.backend_seconds)
             self.descriptionDone = [f"export failed: {reason}"[:250]]
             return results.FAILURE
         self.descriptionDone = [f"exported {release.nvr} to {dest}"]

@@ -43,6 +43,7 @@ from gating.queue import (
     Cancel,
     Change,
     Gate,
+    GateEncoder,
     Item,
     Merge,
     Queue,
@@ -55,6 +56,7 @@ from gating.queue import (
 SCHEDULER_NAME = "gate"
 STATE_KEY = "gate"
 HOLDS_FILE = "export-holds.jsonl"  # one line per export section: when it was held
+EVENTS_FILE = "gate-events.jsonl"  # one line per gate event: the scheduler's time on it
 
 _DEPENDS_URL_RE = re.compile(r"/c/([A-Za-z0-9._+/-]+?)/\+/(\d+)/?$|/([A-Za-z0-9._+-]+)/\+/(\d+)/?$")
 _DEPENDS_KEY_RE = re.compile(r"^([A-Za-z0-9._+-]+)[~/](\d+)$")
@@ -101,6 +103,18 @@ class GateSettings:
 
     def pipelines(self, project: str) -> tuple[str, ...]:
         return dict(self.project_pipelines).get(project, ())
+
+
+def _note_backend_time(gate: Gate, key: str, attempt: int, seconds: float | None) -> None:
+    """Keep what an export job reported of its section's time in backend calls."""
+    item = gate.find(key)
+    if seconds is not None and item is not None and item.attempt == attempt:
+        item.info["export_backend"] = {"attempt": attempt, "seconds": round(seconds, 4)}
+
+
+def _backend_time(item: Item | None, attempt: int) -> float | None:
+    noted = (item.info.get("export_backend") or {}) if item is not None else {}
+    return noted.get("seconds") if noted.get("attempt") == attempt else None
 
 
 def run_ref(item: Item) -> str:
@@ -150,6 +164,11 @@ class GateScheduler(ReconfigurableBaseScheduler):
         yield super().reconfigService(builderNames=builderNames, **kwargs)
 
     gate: Gate | None = None
+    # Saving (_save, _write_states): the state this master last wrote, the newest one not
+    # yet written and who waits for it, and whether a write is under way.
+    _saved: str | None = None
+    _unsaved: str | None = None
+    _writing: bool = False
     _consumer: Any = None
     _calls: Any = None
 
@@ -159,6 +178,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         # The serial export section: waiting attempts, and when each holder got in.
         self._export_waiters: dict[tuple[str, int], defer.Deferred] = {}
         self._holds: dict[str, tuple[int, float]] = {}
+        self._save_waiters: list[defer.Deferred] = []
+        self._encoder = GateEncoder()
 
     # -- activity ---------------------------------------------------------------------
 
@@ -168,6 +189,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if not self.enabled:
             return
         saved = yield self.getState(STATE_KEY, None)
+        self._saved = None
         queues = self.settings.queues()
         if saved:
             self.gate = Gate.from_json(json.loads(saved), queues)
@@ -200,9 +222,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self._calls is not None:
             self._calls.stop()
             self._calls = None
-        yield self._lock.run(lambda: None)
+        # The event under way finishes, and a write under way reaches the database.
+        yield self._lock.run(
+            lambda: self._save() if self._writing and self.gate is not None else None
+        ).addErrback(log.err, "gate: saving the gate")
         # Another master may take the gate over now: this one only reads the saved state.
         self.gate = None
+        self._saved = None
         yield super().deactivate()
 
     def _apply_queue_settings(self) -> None:
@@ -295,40 +321,128 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     @defer.inlineCallbacks
     def _event(self, mutate: Any) -> Any:
-        """Apply one model event under the lock, save, then carry out its actions."""
+        """Apply one model event under the lock and serialize the state; once the state
+        is in the database, carry out the event's actions. How long each part took goes
+        to ``BASEDIR/gate-events.jsonl`` (:meth:`_record_event`)."""
+        timing: dict[str, Any] = {"serialize_ms": 0.0}
         yield self._lock.acquire()
         try:
             assert self.gate is not None
+            start = time.perf_counter()
             actions = mutate(self.gate)  # QueueError propagates, nothing changed
             self._export_bookkeeping()
-            yield self._save()
+            timing["step_ms"] = (time.perf_counter() - start) * 1000
+            timing["items"] = sum(len(q.items) for q in self.gate.queues.values())
+            timing["waiting"] = len(self.gate.waiting)
+            saved = self._save(timing)
         finally:
             self._lock.release()
-        yield self._apply(actions)
+        timing["event_ms"] = timing["step_ms"] + timing["serialize_ms"]
+        start = time.perf_counter()
+        yield saved
+        timing["write_ms"] = (time.perf_counter() - start) * 1000
+        yield self._apply(actions, timing)
+        self._record_event(mutate, actions, timing)
         return actions
 
-    @defer.inlineCallbacks
-    def _save(self) -> Any:
+    def _save(self, timing: dict[str, Any] | None = None) -> defer.Deferred:
+        """Serialize the gate now (the caller holds the lock) and have it written to the
+        database: the Deferred fires once the database holds this state or a newer one.
+        The gate is not held while the database works: states are written one at a time,
+        in order; of the states serialized meanwhile only the newest is written next, and
+        a state equal to the last one written is not written again (e.g. after a late
+        result of a cancelled run, or a Cancel action)."""
         assert self.gate is not None
-        yield self.setState(STATE_KEY, json.dumps(self.gate.to_json()))
+        start = time.perf_counter()
+        self._unsaved = self._encoder.encode(self.gate)  # json.dumps(self.gate.to_json())
+        if timing is not None:
+            timing["serialize_ms"] += (time.perf_counter() - start) * 1000
+            timing["state_bytes"] = len(self._unsaved)
+        done: defer.Deferred = defer.Deferred()
+        self._save_waiters.append(done)
+        if not self._writing:
+            self._writing = True
+            self._write_states().addErrback(log.err, "gate: saving the gate")
+        return done
 
     @defer.inlineCallbacks
-    def _apply(self, actions: list[Action]) -> Any:
-        """Carry out actions in order, one at a time; outcomes feed back as new events."""
+    def _write_states(self) -> Any:
+        try:
+            while self._save_waiters:
+                data, waiters = self._unsaved, self._save_waiters
+                self._unsaved, self._save_waiters = None, []
+                try:
+                    if data is not None and data != self._saved:
+                        yield self.setState(STATE_KEY, data)
+                        self._saved = data
+                except Exception as exc:
+                    for waiter in waiters:
+                        waiter.errback(exc)
+                else:
+                    for waiter in waiters:
+                        waiter.callback(None)
+        finally:
+            self._writing = False
+
+    @defer.inlineCallbacks
+    def _apply(self, actions: list[Action], timing: dict[str, Any] | None = None) -> Any:
+        """Carry out actions in order, one at a time, each after the state its predecessor
+        left is saved; outcomes feed back as new events. ``timing`` gets the wall time of
+        the actions' work (git, build requests: ``actions_ms``) and of the gate's own
+        bookkeeping and serialization after each (``action_saves_ms``)."""
         pending = list(actions)
+        work = saves = 0.0
+        done = 0
         while pending:
             action = pending.pop(0)
             yield self._lock.acquire()
+            saved = None
             try:
+                start = time.perf_counter()
                 more = yield self._do(action)
+                did = time.perf_counter()
                 self._export_bookkeeping()
-                yield self._save()
+                saved = self._save()
+                work += did - start
+                saves += time.perf_counter() - did
             except Exception as exc:  # an action must never wedge the gate
                 log.err(exc, f"gate: {action} failed")
                 more = []
             finally:
                 self._lock.release()
+            if saved is not None:
+                try:
+                    yield saved
+                except Exception as exc:
+                    log.err(exc, f"gate: cannot save the gate after {action}")
+                    more = []
+            done += 1
             pending.extend(more)
+        if timing is not None:
+            timing.update(actions=done, actions_ms=work * 1000, action_saves_ms=saves * 1000)
+
+    def _record_event(self, mutate: Any, actions: list[Action], timing: dict[str, Any]) -> None:
+        """One line of ``gate-events.jsonl``: the event (named after the scheduler method
+        that made it: ``approve``, ``dequeue``, ``buildset_complete``...), the gate's size
+        then (``items``, ``waiting``) and the milliseconds it took: ``step_ms`` (the
+        model's step and the export bookkeeping) and ``serialize_ms`` (the state's JSON),
+        ``event_ms`` (their sum: how long the event held the gate, the scheduler's time on
+        it), ``state_bytes`` (the state's size), ``write_ms`` (then until the database held
+        the state: the gate is not held meanwhile); then for the actions it gave and their
+        follow-ups: ``actions``, ``actions_ms`` and ``action_saves_ms``."""
+        name = getattr(mutate, "__qualname__", "") or "event"
+        name = name.split(".<locals>")[0].rsplit(".", 1)[-1].lstrip("_")
+        record = {
+            "time": time.time(),
+            "event": name,
+            "kinds": sorted({type(a).__name__ for a in actions}),
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
+        }
+        try:
+            with open(Path(self.master.basedir) / EVENTS_FILE, "a") as out:
+                out.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as exc:
+            log.msg(f"gate: cannot record an event: {exc}")
 
     # -- the serial export section -------------------------------------------------------
 
@@ -366,13 +480,24 @@ class GateScheduler(ReconfigurableBaseScheduler):
         yield self._event(note)
 
     @defer.inlineCallbacks
-    def export_landed(self, key: str, attempt: int, nvr: str) -> Any:
-        """The holder's RPM landed; it merges when its pipeline finished."""
+    def export_landed(
+        self, key: str, attempt: int, nvr: str, backend_seconds: float | None = None
+    ) -> Any:
+        """The holder's RPM landed. The export is the only job of its pipeline's last stage
+        (``gating.plan``), started once every other job passed: with no other gate
+        pipeline for the project, the item passed, and merges now rather than after
+        Buildbot finished the export's build and then the pipeline's, seconds of the
+        serial section on a busy master. Otherwise it merges when its pipelines finished.
+        ``backend_seconds``: the time its section spent in build-backend (koji) calls, for
+        the record."""
         box: list[bool] = []
 
         def landed(gate: Gate) -> list[Action]:
             box.append(gate.export_landed(key, attempt, nvr))
-            return []
+            _note_backend_time(gate, key, attempt, backend_seconds)
+            item = gate.find(key)
+            alone = item is not None and len(self.settings.pipelines(item.change.project)) == 1
+            return gate.job_result(key, attempt, True) if box[0] and alone else []
 
         yield self._event(landed)
         return bool(box and box[0])
@@ -384,8 +509,14 @@ class GateScheduler(ReconfigurableBaseScheduler):
         yield self._event(lambda gate: gate.job_result(key, attempt, False, reason))
 
     @defer.inlineCallbacks
-    def export_failed(self, key: str, attempt: int, reason: str) -> Any:
-        yield self._event(lambda gate: gate.export_failed(key, attempt, reason))
+    def export_failed(
+        self, key: str, attempt: int, reason: str, backend_seconds: float | None = None
+    ) -> Any:
+        def failed(gate: Gate) -> list[Action]:
+            _note_backend_time(gate, key, attempt, backend_seconds)
+            return gate.export_failed(key, attempt, reason)
+
+        yield self._event(failed)
 
     def _export_bookkeeping(self) -> None:
         """After every event (under the lock): wake the attempts let into a section and
@@ -418,6 +549,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 "end": now,
                 "outcome": outcome,
                 "nvr": (item.info.get("export") or {}).get("nvr") if item else None,
+                # seconds of the section spent in build-backend (koji) calls, if reported
+                "backend": _backend_time(item, attempt),
             }
             if item is not None:
                 item.info.setdefault("export_holds", []).append([start, now])
@@ -503,10 +636,16 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     @defer.inlineCallbacks
     def _start(self, item: Item) -> Any:
+        """Called with the gate's lock held (``_apply``), which it gives up during the git
+        work (the speculative merge, publishing its ref): other events, the export
+        section's first (it is the gate's serial bottleneck), need not wait for that. The
+        item is checked again once the lock is back: a reset or dequeued item's run is
+        never requested. (The same attempt has the same items ahead; a branch tip that
+        moved meanwhile is the tested state of an item ahead, as when it moves just after.)"""
         assert self.gate is not None
         change = item.change
-        queue = self.gate.queues[item.queue]
-        ahead = queue.ahead_of(item.key)
+        key, attempt = item.key, item.attempt
+        ahead = self.gate.queues[item.queue].ahead_of(item.key)  # what the merge is made of
         same_repo = [
             (i.key, i.change.revision)
             for i in ahead
@@ -514,20 +653,29 @@ class GateScheduler(ReconfigurableBaseScheduler):
         ]
         repo = self.forge.repo_path(change.project)
         workdir = Path(self.settings.workdir) / change.project
-        tip = yield threads.deferToThread(self.forge.branch_tip, change.project, change.branch)
-        result = yield threads.deferToThread(
-            forgemod.speculative_merge,
-            workdir,
-            repo,
-            change.branch,
-            tip,
-            [*same_repo, (change.key, change.revision)],
-        )
+        ref = run_ref(item)
+        self._lock.release()
+        try:
+            tip = yield threads.deferToThread(self.forge.branch_tip, change.project, change.branch)
+            result = yield threads.deferToThread(
+                forgemod.speculative_merge,
+                workdir,
+                repo,
+                change.branch,
+                tip,
+                [*same_repo, (change.key, change.revision)],
+            )
+            if result.commit is not None:
+                yield threads.deferToThread(forgemod.publish, repo, workdir, result.commit, ref)
+        finally:
+            yield self._lock.acquire()
+        if self.gate is None or self._current(key, attempt, State.TESTING) is None:
+            return []  # reset, dequeued (or the gate moved to another master) meanwhile
+        item = self._current(key, attempt, State.TESTING)
+        assert item is not None
         if result.commit is None:
             item.info["conflict"] = result.conflict
             return self.gate.merge_conflict(item.key, item.attempt)
-        ref = run_ref(item)
-        yield threads.deferToThread(forgemod.publish, repo, workdir, result.commit, ref)
         ahead_info = [
             {
                 "change": i.key,

@@ -32,6 +32,7 @@ def ui_plan(plan: Plan) -> dict[str, Any]:
     job instances with their builders; for each builder what it runs."""
     pipelines: dict[str, Any] = {}
     builders: dict[str, Any] = {}
+    by_name = {p.name: p for p in plan.pipelines}
     for p in plan.pipelines:
         pipelines[p.name] = {
             "file": p.file,
@@ -41,8 +42,7 @@ def ui_plan(plan: Plan) -> dict[str, Any]:
     for b in plan.builders:
         stage = None
         if b.job is not None:
-            p = next(p for p in plan.pipelines if p.name == b.pipeline)
-            stage = p.stage_of(b.job)
+            stage = by_name[b.pipeline].stage_of(b.job)
         builders[b.name] = {
             "kind": b.kind,
             "pipeline": b.pipeline,

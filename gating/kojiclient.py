@@ -92,6 +92,20 @@ NOT_REPEATABLE = frozenset(
 _FINISHED = ("CLOSED", "FAILED", "CANCELED")
 # How many of our newest tasks of a method a "did my call run?" check looks at.
 _PROBE_WINDOW = 50
+# The first wait between two polls of a task or a repo; each wait doubles up to the poll
+# interval (see poll_delays).
+FIRST_POLL = 0.05
+
+
+def poll_delays(poll_interval: float, first: float = FIRST_POLL) -> Iterator[float]:
+    """The waits between the polls of something that ends on the hub: ``first`` seconds,
+    doubled each time up to ``poll_interval``. What ends in a moment (a ``tagBuild`` task, a
+    small repo) is seen within a moment, not a whole poll interval later (the export's
+    serial section waits on both); a long build costs a handful of polls more."""
+    delay = min(first, poll_interval)
+    while True:
+        yield delay
+        delay = min(delay * 2, poll_interval)
 
 
 class KojiError(Exception):
@@ -518,9 +532,11 @@ class KojiSession:
     def wait_task(
         self, task_id: int, poll_interval: float = 5.0, timeout: float | None = None
     ) -> Any:
-        """Poll a task until it ends; its result. FAILED or CANCELED raises
+        """Poll a task until it ends (soon after it starts, then every ``poll_interval``:
+        :func:`poll_delays`); its result. FAILED or CANCELED raises
         :class:`KojiTaskFailed`; ``timeout`` (seconds) raises :class:`KojiError`."""
         deadline = None if timeout is None else self._clock() + timeout
+        delays = poll_delays(poll_interval)
         while True:
             info = self.task_info(task_id)
             state = koji.TASK_STATES[info["state"]]
@@ -533,7 +549,7 @@ class KojiSession:
                     f"koji task {task_id} ({info['method']}) still {state} after "
                     f"{timeout} s: {self.task_url(task_id)}"
                 )
-            self._sleep(poll_interval)
+            self._sleep(next(delays))
 
     def cancel_task(self, task_id: int) -> None:
         self.call("cancelTask", task_id)
@@ -745,8 +761,10 @@ class KojiSession:
         poll_interval: float = 5.0,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Poll until the tag has a READY repo made at ``min_event`` or later; that repo."""
+        """Poll (as :meth:`wait_task`) until the tag has a READY repo made at ``min_event``
+        or later; that repo."""
         deadline = None if timeout is None else self._clock() + timeout
+        delays = poll_delays(poll_interval)
         while True:
             repo = self.get_repo(tag)
             if repo is not None and repo["create_event"] >= min_event:
@@ -756,7 +774,7 @@ class KojiSession:
                     f"koji hub {self.hub}: no repo of {tag} at event {min_event} "
                     f"or later after {timeout} s"
                 )
-            self._sleep(poll_interval)
+            self._sleep(next(delays))
 
     def repo_url(self, repo: Mapping[str, Any], arch: str) -> str:
         """The yum ``baseurl`` of a repo (from :meth:`get_repo`) for an arch."""

@@ -7,16 +7,24 @@ checkconfig`` prints them and ``buildbot reconfig`` keeps the running configurat
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import os
+import sqlite3
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from buildbot.config.errors import ConfigErrors
+from buildbot.data import resultspec
 from buildbot.plugins import changes, reporters, schedulers, secrets, steps, util, worker
 from buildbot.process.factory import BuildFactory
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
+from twisted.internet import defer
 
-from gating import commands
+from gating import bbfixes, commands
 from gating import overlay as overlaymod
 from gating.buildjobs import (
     BUILTIN_STEPS,
@@ -149,49 +157,64 @@ def rpmbuild_factory(site: Site, incoming: Path) -> BuildFactory:
     return f
 
 
+@functools.cache
+def _gating_environment() -> dict[str, Any]:
+    """The ``GATING_*`` variables of every job's scripts, as renderables. Made once and
+    shared by every job (they are stateless): building them per job was a third of the
+    configuration's load time with thousands of jobs. Never mutate it."""
+    return {
+        "GATING_REPO_FILE": _repo_file_path,
+        "GATING_REPO_FILE_URL": util.Property("gating_repo_file_url", default=""),
+        "GATING_OVERLAY_URL": util.Property("gating_overlay_url", default=""),
+        **{
+            f"GATING_{name.upper()}": util.Interpolate(f"%(prop:{name}:-)s")
+            for name in TRIGGER_PROPERTIES
+        },
+    }
+
+
 def _has_repository(step: Any) -> bool:
     stamps = step.build.getAllSourceStamps()
     return bool(step.getProperty("repository") or (stamps and stamps[0].repository))
+
+
+# The first two steps of every job are the same: made once, shared by every job's factory
+# (a factory keeps a step's arguments, each build makes its own step from them). Making
+# Buildbot steps is most of the configuration's load time with thousands of jobs.
+@functools.cache
+def _checkout_step() -> Any:
+    return steps.Git(
+        name="checkout",
+        repourl=util.Property("repository"),
+        mode="full",
+        method="clobber",
+        doStepIf=_has_repository,
+        hideStepIf=lambda result, step: result == util.SKIPPED,
+    )
+
+
+@functools.cache
+def _repo_file_step() -> Any:
+    return steps.StringDownload(
+        util.Property("gating_repo_file", default=""),
+        name="repo-file",
+        description="write the overlay .repo file",
+        descriptionDone="wrote gating.repo",
+        workerdest=REPO_FILE,
+        doStepIf=lambda step: bool(step.getProperty("gating_repo_file")),
+        hideStepIf=lambda result, step: result == util.SKIPPED,
+        haltOnFailure=True,
+    )
 
 
 def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -> BuildFactory:
     """The steps of one job instance, as lpci runs a job: source, inputs, packages,
     ``run-before``/``run``/``run-after``, then the declared output to the master."""
     f = BuildFactory()
-    f.addStep(
-        steps.Git(
-            name="checkout",
-            repourl=util.Property("repository"),
-            mode="full",
-            method="clobber",
-            doStepIf=_has_repository,
-            hideStepIf=lambda result, step: result == util.SKIPPED,
-        )
-    )
+    f.addStep(_checkout_step())
     env: dict[str, Any] = dict(commands.environment(job))
-    f.addStep(
-        steps.StringDownload(
-            util.Property("gating_repo_file", default=""),
-            name="repo-file",
-            description="write the overlay .repo file",
-            descriptionDone="wrote gating.repo",
-            workerdest=REPO_FILE,
-            doStepIf=lambda step: bool(step.getProperty("gating_repo_file")),
-            hideStepIf=lambda result, step: result == util.SKIPPED,
-            haltOnFailure=True,
-        )
-    )
-    env.update(
-        {
-            "GATING_REPO_FILE": _repo_file_path,
-            "GATING_REPO_FILE_URL": util.Property("gating_repo_file_url", default=""),
-            "GATING_OVERLAY_URL": util.Property("gating_overlay_url", default=""),
-            **{
-                f"GATING_{name.upper()}": util.Interpolate(f"%(prop:{name}:-)s")
-                for name in TRIGGER_PROPERTIES
-            },
-        }
-    )
+    f.addStep(_repo_file_step())
+    env.update(_gating_environment())
     if job.input is not None:
         inst = InstanceId(job.name, job.index, lane)
         target = job.input.target_directory
@@ -375,12 +398,12 @@ def _schedulers(config: GatingConfig, basedir: Path) -> list[Any]:
     site = config.site
     assert site is not None
     out: list[Any] = []
+    jobs_of: dict[str, list[str]] = {}
+    for b in config.plan.builders:
+        if b.kind in ("job", "builtin"):
+            jobs_of.setdefault(b.pipeline, []).append(b.name)
     for p in config.pipelines:
-        job_builders = [
-            b.name
-            for b in config.plan.builders
-            if b.pipeline == p.name and b.kind in ("job", "builtin")
-        ]
+        job_builders = jobs_of.get(p.name, [])
         out.append(JobTrigger(name=trigger_scheduler_name(p.name), builderNames=job_builders))
         out.append(
             schedulers.ForceScheduler(
@@ -596,6 +619,69 @@ def _git_poller(repo: str, project: Project, site: Site, basedir: Path) -> Any:
     )
 
 
+class SQLiteConnection(sqlite3.Connection):
+    """The master's SQLite connections run with ``synchronous=NORMAL``: SQLite's advice
+    for a database in WAL mode (Buildbot turns WAL on), where a commit no longer waits
+    for an fsync; the WAL is synced at checkpoints. A commit survives a crash of the
+    master (``kill -9``); only an OS crash or a power loss may undo the last ones, and
+    never corrupts the database."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execute("pragma synchronous = normal")
+
+
+def db_config(url: str) -> dict[str, Any]:
+    """Buildbot's ``c['db']`` for a database URL.
+
+    A SQLite file gets pooled connections (SQLAlchemy's default for it, which Buildbot
+    replaces with a new connection per transaction) and :class:`SQLiteConnection`.
+    Buildbot commits several times per builder, scheduler and worker it registers at
+    start-up and at each reconfig: with a connection per transaction, whose close
+    checkpoints the WAL with fsyncs, and an fsync per commit, a transaction took ~15 ms
+    and a master with thousands of builders minutes to start; pooled and ``NORMAL``,
+    ~0.2 ms."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return {"db_url": url}
+    return {
+        "db_url": url,
+        "engine_kwargs": {
+            "poolclass": QueuePool,
+            "connect_args": {"factory": SQLiteConnection, "check_same_thread": False},
+        },
+    }
+
+
+@defer.inlineCallbacks
+def prioritize_builders(master: Any, builders: list[Any]) -> Generator[Any, Any, list[Any]]:
+    """Buildbot's ``prioritizeBuilders``: the builders that have unclaimed build requests,
+    in Buildbot's default order (highest request priority first, then the oldest request,
+    then the name), from ONE query of the unclaimed requests. Buildbot's default asks the
+    database twice per builder, and its distributor then once more per builder: with
+    thousands of builders (a coordinator worker serves every pipeline builder) each
+    connecting worker and each finished build cost thousands of queries. A builder
+    without an unclaimed request has nothing to start; a new (or unclaimed) request
+    schedules its builder again, and is then found by this query."""
+    requests = yield master.data.get(
+        ("buildrequests",), filters=[resultspec.Filter("claimed", "eq", [False])]
+    )
+    best: dict[int, tuple[float, float]] = {}
+    for br in requests:
+        submitted = br["submitted_at"]
+        when = submitted.timestamp() if isinstance(submitted, datetime.datetime) else submitted
+        key = (-(br["priority"] or 0), float(when))
+        bid = br["builderid"]
+        best[bid] = min(best.get(bid, key), key)
+    waiting = []
+    for bldr in builders:
+        key = best.get((yield bldr.getBuilderId()))
+        if key is not None:
+            waiting.append((key, bldr.name, bldr))
+    waiting.sort(key=lambda entry: entry[:2])
+    return [bldr for _key, _name, bldr in waiting]
+
+
 def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
     """Build the ``BuildmasterConfig`` dict for a loaded configuration."""
     basedir = Path(basedir).resolve()
@@ -610,12 +696,13 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         "title": site.title,
         "titleURL": site.title_url,
         "buildbotURL": site.buildbot_url,
-        "db": {"db_url": site.database},
+        "db": db_config(site.database),
         "protocols": {"pb": {"port": site.pb_port}},
         "buildbotNetUsageData": None,
         # Every build request is its own run: two koji events or composes for one pipeline
         # (requests without source stamps) must never be merged into one build.
         "collapseRequests": False,
+        "prioritizeBuilders": prioritize_builders,
         "secretsProviders": [secrets.SecretInAFile(dirname=str(secrets_dir))],
     }
     workers: list[Any] = [
@@ -627,14 +714,18 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         )
         for w in inventory.workers
     ]
-    workers.extend(
-        worker.LocalWorker(name, max_builds=len(config.pipelines) or 1)
-        for name in coordinator_names(site.coordinators)
-    )
+    # No cap on a coordinator's builds: Buildbot runs at most one build per (builder,
+    # worker), so each pipeline runs at most once per coordinator, and each built-in job
+    # builder (PIPELINE/JOB/master) has a slot on every coordinator for the runs that
+    # wait on it. A cap (it was one build per pipeline) let the runs of a full window hold
+    # every coordinator while the built-in jobs they wait for (scratch builds, exports)
+    # could never start: a deadlock.
+    workers.extend(worker.LocalWorker(name) for name in coordinator_names(site.coordinators))
     c["workers"] = workers
 
     builders = []
     backend_root = shared_root(site, basedir) / "backend"
+    pipelines = {p.name: p for p in config.pipelines}
     for spec in sorted_builders(config.plan.builders):
         if spec.kind == "rpmbuild":
             builders.append(
@@ -649,7 +740,7 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
                 )
             )
             continue
-        pipeline = next(p for p in config.pipelines if p.name == spec.pipeline)
+        pipeline = pipelines[spec.pipeline]
         if spec.kind == "pipeline":
             table = {
                 inst: builder_name(pipeline, pipeline.job(inst.job, inst.index), inst.lane)
@@ -749,6 +840,7 @@ def _multi_master(c: dict[str, Any], mm: MultiMaster) -> None:
 
 def buildmaster_config(basedir: str, config_dir: str | None = None) -> dict[str, Any]:
     """Load the configuration directory (``$GATING_CONFIG`` or ``BASEDIR/config``)."""
+    bbfixes.install()
     config_dir = config_dir or os.environ.get(CONFIG_ENV) or os.path.join(basedir, "config")
     try:
         config = load_config(config_dir)

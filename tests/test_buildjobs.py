@@ -15,6 +15,7 @@ from buildbot.test.steps import TestBuildStepMixin
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from gating import buildjobs
 from gating.backend import Release
 from gating.buildjobs import SERVICE_NAME, BackendService, Export, ScratchBuild
 from gating.localbackend import NVRConflict
@@ -28,9 +29,7 @@ GATE_PROPS = {
     "gating_attempt": 1,
     "gating_project": "ceilometer",
     "gating_merge_commit": B,
-    "gating_ahead": [
-        {"change": "nova~1", "project": "nova", "merge_commit": A, "revision": A}
-    ],
+    "gating_ahead": [{"change": "nova~1", "project": "nova", "merge_commit": A, "revision": A}],
 }
 
 
@@ -98,6 +97,7 @@ class FakeGate:
         self.calls = calls
         self.grant: defer.Deferred = defer.Deferred()
         self.landed = True
+        self.backend_seconds: list[float | None] = []  # as reported with each outcome
 
     def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
         self.calls.append(f"acquire {key} {attempt}")
@@ -107,12 +107,18 @@ class FakeGate:
         self.calls.append(f"tagging {nvr}")
         return defer.succeed(None)
 
-    def export_landed(self, key: str, attempt: int, nvr: str) -> defer.Deferred:
+    def export_landed(
+        self, key: str, attempt: int, nvr: str, backend_seconds: float | None = None
+    ) -> defer.Deferred:
         self.calls.append(f"landed {key} {nvr}")
+        self.backend_seconds.append(backend_seconds)
         return defer.succeed(self.landed)
 
-    def export_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
+    def export_failed(
+        self, key: str, attempt: int, reason: str, backend_seconds: float | None = None
+    ) -> defer.Deferred:
         self.calls.append(f"export failed {key}: {reason}")
+        self.backend_seconds.append(backend_seconds)
         return defer.succeed(None)
 
     def job_failed(self, key: str, attempt: int, reason: str) -> defer.Deferred:
@@ -207,6 +213,73 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 
         self.expect_outcome(result=CANCELLED)
         yield self.run_step()
+
+    def clocked(self) -> list[float]:
+        """A clock for gating.buildjobs that only the fake backend moves: each tag takes
+        0.5 s, each untag 0.25 s, each repo 1.5 s and each rebuild 10 s."""
+        clock = [100.0]
+        self.patch(buildjobs.time, "monotonic", lambda: clock[0])
+        backend, service = self.service.backend, self.service
+        for name, cost in (("tag", 0.5), ("untag", 0.25), ("publish_repo", 1.5)):
+            method = getattr(backend, name)
+
+            def advance(*args: Any, _m: Any = method, _c: float = cost) -> Any:
+                clock[0] += _c
+                return _m(*args)
+
+            setattr(backend, name, advance)
+        release = service.release
+
+        def slow_release(*args: Any) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+
+            def built(value: Any) -> Any:
+                clock[0] += 10.0
+                return value
+
+            release(*args).addCallback(built).chainDeferred(d)
+            return d
+
+        service.release = slow_release
+        return clock
+
+    @defer.inlineCallbacks
+    def test_promote_reports_the_time_its_section_spent_in_backend_calls(self):
+        self.wire(Export(), mode="promote")
+        self.clocked()
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=SUCCESS)
+        yield self.run_step()
+        # tag + untag from the candidate tag + the new repo; waiting for the section and
+        # the gate's own calls are not backend time.
+        self.assertEqual(self.gate.backend_seconds, [2.25])
+
+    @defer.inlineCallbacks
+    def test_rebuild_counts_its_build_as_backend_time(self):
+        self.wire(Export())
+        self.clocked()
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=SUCCESS)
+        yield self.run_step()
+        self.assertEqual(self.gate.backend_seconds, [12.0])
+
+    @defer.inlineCallbacks
+    def test_a_failed_export_reports_its_backend_time_too(self):
+        self.wire(Export())
+        clock = self.clocked()
+
+        def broken(tag: str) -> str:
+            clock[0] += 3.0
+            raise RuntimeError("koji hub: newRepo failed")
+
+        self.service.backend.publish_repo = broken
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertEqual(self.gate.backend_seconds, [13.5])
+        self.assertEqual(
+            self.service.calls[-1], "export failed ceilometer~2: koji hub: newRepo failed"
+        )
 
     @defer.inlineCallbacks
     def test_outside_the_gate_nothing_is_exported(self):

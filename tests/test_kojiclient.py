@@ -5,6 +5,7 @@ Builds are real: a spec file in a temporary git repository, ``rpmbuild`` on the 
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -24,6 +25,7 @@ from gating.kojiclient import (
     KojiTaskFailed,
     KojiUnavailable,
     RetryPolicy,
+    poll_delays,
 )
 from tests.support.koji_hub import KojiTestHub
 
@@ -400,6 +402,28 @@ def test_wait_task_timeout(hub: KojiTestHub, ks: KojiSession, distgit: DistGit) 
     with pytest.raises(KojiError, match=f"koji task {task_id} \\(build\\) still"):
         ks.wait_task(task_id, poll_interval=POLL, timeout=0.2)
     ks.cancel_task(task_id)
+
+
+def test_polls_start_soon_and_back_off_to_the_poll_interval() -> None:
+    assert list(itertools.islice(poll_delays(1.0), 7)) == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert list(itertools.islice(poll_delays(0.02), 3)) == [0.02, 0.02, 0.02]
+
+
+def test_wait_task_and_wait_repo_poll_with_back_off(hub: KojiTestHub) -> None:
+    """A task or a repo that is ready in a moment is seen in a moment (the export's serial
+    section waits for both), not a whole poll interval later."""
+    sleeps: list[float] = []
+    session = KojiSession(settings(hub), sleep=sleeps.append)
+    states = iter(["FREE", "OPEN", "OPEN", "OPEN", "CLOSED"])
+    session.task_info = lambda task_id: {"state": koji.TASK_STATES[next(states)], "method": "x"}
+    session.call = lambda method, *args, **kwargs: "done"
+    assert session.wait_task(7, poll_interval=5.0) == "done"
+    assert sleeps == [0.05, 0.1, 0.2, 0.4]
+    sleeps.clear()
+    repos = iter([None, {"create_event": 3}, {"create_event": 9}])
+    session.get_repo = lambda tag: next(repos)
+    assert session.wait_repo("el9", 9, poll_interval=5.0) == {"create_event": 9}
+    assert sleeps == [0.05, 0.1]
 
 
 # ---------------------------------------------------------------------- tags and repos

@@ -32,6 +32,16 @@ def step(factory, name):
     return next(s for s in factory.steps if s.kwargs.get("name") == name)
 
 
+def test_coordinators_run_pipeline_runs_and_their_built_in_jobs_at_once(basedir):
+    """No cap on a coordinator's builds: with a window's worth of pipeline runs on every
+    coordinator, the built-in jobs they wait for (scratch builds, exports) still start
+    (one build per builder and worker is Buildbot's own limit)."""
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    coordinators = [w for w in config["workers"] if w.name.startswith("gating-coordinator-")]
+    assert len(coordinators) == 20
+    assert all(w.max_builds is None for w in coordinators)
+
+
 def test_demo_config_is_accepted_by_buildbot(basedir):
     config = gmaster.buildmaster_config(str(basedir), str(DEMO))
     loaded = MasterConfig.loadFromDict(config, "master.cfg")

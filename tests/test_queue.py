@@ -1051,6 +1051,18 @@ def test_item_round_trips_through_json():
     assert item.to_json()["change"]["depends_on"] == [k(A), k(K)]
 
 
+def test_item_json_has_every_field_in_order():
+    """to_json is written out (for speed): it must still save every field of the item and
+    of its change, as dataclasses.asdict would."""
+    from dataclasses import asdict
+
+    item = Item(change=change(NOVA, 7, A, subject="s"), queue="rdo", info={"runs": {"1": 2}})
+    expected = asdict(item)
+    expected["state"] = "queued"
+    expected["change"]["depends_on"] = [k(A)]
+    assert json.dumps(item.to_json()) == json.dumps(expected)
+
+
 def test_item_from_json_tolerates_missing_optional_fields():
     data = Item(change=change(NOVA, 7), queue="rdo").to_json()
     del data["history"], data["info"], data["change"]["depends_on"]
@@ -1102,6 +1114,21 @@ def test_scenario_covers_waiting_failing_and_finished_items():
         event(gate)
         seen |= {i.state for i in gate.live_items()} | {i.state for i in gate.finished}
     assert seen == set(State)
+
+
+def test_the_encoder_writes_what_json_dumps_writes_and_sees_every_change():
+    from gating.queue import GateEncoder
+
+    gate, encoder = new_gate(), GateEncoder()
+    for event in scenario():
+        event(gate)
+        assert encoder.encode(gate) == json.dumps(gate.to_json())
+    item = next(iter(gate.live_items()))
+    item.info.setdefault("runs", {})["7"] = 70  # in place, as the scheduler does
+    item.history.append("x")
+    assert encoder.encode(gate) == json.dumps(gate.to_json())
+    item.info["runs"]["7"] = 71
+    assert encoder.encode(gate) == json.dumps(gate.to_json())
 
 
 @pytest.mark.parametrize("cut", range(len(scenario()) + 1))
