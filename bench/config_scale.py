@@ -63,6 +63,7 @@ GOAL_RECONFIG = 30.0
 START_TIMEOUT = 600.0
 RECONFIG_TIMEOUT = 600.0
 RECONFIG_DONE = "configuration update complete"
+MASTER_RUNNING = "BuildMaster is running"
 RECONFIG_FAILED = ("configuration update aborted", "configuration update partially applied")
 
 
@@ -296,6 +297,24 @@ def start_master(site: LocalSite, expected: set[str]) -> float:
     return time.monotonic() - start
 
 
+def wait_until_running(site: LocalSite, timeout: float) -> None:
+    """Until twistd.log says "BuildMaster is running": the API may list every builder
+    before the master finished starting (its workers, the UI), and a reconfig (SIGHUP)
+    sent before that is lost."""
+    deadline = time.monotonic() + timeout
+    log = site.master_dir / "twistd.log"
+    while not any(
+        MASTER_RUNNING in _read_from(path, 0)
+        for path in (log, log.with_name(log.name + ".1"))
+        if path.exists()
+    ):
+        if site.master_pid() is None:
+            raise RuntimeError(f"the master stopped; see {log}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no '{MASTER_RUNNING}' in {log} within {timeout} s")
+        time.sleep(0.5)
+
+
 def peak_rss(pid: int) -> float:
     """``VmHWM`` (peak resident set size) of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -334,7 +353,7 @@ def reconfig(site: LocalSite) -> float:
     """``buildbot reconfig`` until the master logged that the update is complete: seconds."""
     follower = LogFollower(site.master_dir / "twistd.log")
     start = time.monotonic()
-    proc = site.reconfig()
+    proc = site.reconfig()  # SIGHUP; it follows the log for 10 s at most
     while True:
         text = follower.new_text()
         if RECONFIG_DONE in text:
@@ -424,6 +443,7 @@ def config_scale(ctx: Context) -> None:
                 )
             )
             ctx.add(Figure("master peak memory after start-up (VmHWM)", "MiB", start_rss))
+            wait_until_running(site, START_TIMEOUT)
             reconfigs = []
             for r in range(1, RECONFIG_RUNS + 1):
                 added = touch_pipeline(site.config_dir, r)
