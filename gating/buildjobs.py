@@ -12,6 +12,8 @@
 * :class:`Export`: the serial export section (the gate's ordered lock): the non-scratch
   build (mode ``rebuild``) or the candidate (mode ``promote``, built while the item is
   tested), the tag into the destination, its new repository; the gate merges afterwards.
+  Each step is recorded in the gate's export journal (:mod:`gating.exportjournal`) before
+  the next one runs, so that a master killed in the section finishes or undoes it.
 * :class:`RegisterBuild`: the master-side end of a worker's ``rpmbuild``.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import threading
 import time
@@ -40,6 +43,10 @@ from gating.backend import BackendConfig, BuildBackend, Release, make_backend
 from gating.forge import git_env
 
 SERVICE_NAME = "gating-backend"
+# Integration tests only: a directory where a file ``pause-export-after-<step>`` makes the
+# export job stop (until it is interrupted) right after it recorded that step, so that a
+# test can kill the master there. Unset in production: nothing is looked up.
+TEST_HOOKS_ENV = "GATING_TEST_HOOKS_DIR"
 RPMBUILD_TRIGGER = "gating:rpmbuild"
 GATE = "gate"
 # Threads of the backend's own pool for builds (koji: a thread waits for each build task).
@@ -167,6 +174,9 @@ class BackendService(service.BuildbotService):
         source = self.project_repos.get(project)
         if source is None:
             raise BuildError(f"project {project} has no repository on this master")
+        if not isinstance(commit, str) or not overlaymod.OID_RE.match(commit):
+            # before git sees it: a source stamp's revision can be anything
+            raise BuildError(f"project {project}: expected a full commit id, got {commit!r}")
         mirror = self.scm_repo(project)
         env = git_env()
         if not (mirror / "HEAD").exists():
@@ -398,6 +408,11 @@ class GateProxy:
     def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
         return gaterpc.call(self.master, "export_acquire", key, attempt)
 
+    def export_step(
+        self, key: str, attempt: int, step: str, details: dict[str, Any] | None = None
+    ) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_step", key, attempt, step, details or {})
+
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         return gaterpc.call(self.master, "export_tagging", key, attempt, nvr, tag)
 
@@ -562,6 +577,31 @@ class Export(_BuiltinStep):
         return threads.deferToThread(timed)
 
     @defer.inlineCallbacks
+    def _step(self, gate: GateProxy, key: str, attempt: int, step: str, **details: Any) -> Any:
+        """Record ``step`` in the gate's export journal (in the database when this fires);
+        False: the attempt is no longer current, stop (the gate undoes what landed)."""
+        go_on = yield gate.export_step(key, attempt, step, details)
+        if go_on:
+            yield self._test_pause(step)
+        return bool(go_on)
+
+    def _test_pause(self, step: str) -> Any:
+        """Integration tests only (``GATING_TEST_HOOKS_DIR``): stop after ``step`` when the
+        test asked for it, and say so in ``paused-export-after-<step>``."""
+        folder = os.environ.get(TEST_HOOKS_ENV)
+        if not folder or not (Path(folder) / f"pause-export-after-{step}").exists():
+            return None
+        (Path(folder) / f"paused-export-after-{step}").write_text(str(self.build.buildid))
+        self._waiting = defer.Deferred()
+        return self._waiting
+
+    @defer.inlineCallbacks
+    def _stale(self) -> Any:
+        yield self.say("this attempt is no longer current; the gate decides again")
+        self.descriptionDone = ["export stopped: the attempt is no longer current"]
+        return results.CANCELLED
+
+    @defer.inlineCallbacks
     def run(self) -> Any:
         svc = backend_service(self.master)
         item = self._item()
@@ -584,6 +624,17 @@ class Export(_BuiltinStep):
             self._waiting = gate.export_acquire(key, attempt)
             yield self._waiting
             yield self.say("holding the export section")
+            # Each step goes to the gate's export journal before the next one runs, so a
+            # master killed anywhere in the section finishes or undoes it on restart.
+            intent = {
+                "mode": mode,
+                "tag": dest,
+                "candidate_tag": svc.config.candidate_tag or "",
+                "commit": commit,
+                "nvr": release.nvr if mode == "promote" else "",
+            }
+            if not (yield self._step(gate, key, attempt, "intent", **intent)):
+                return (yield self._stale())
             if mode == "rebuild":
                 started = time.monotonic()
                 self._waiting = svc.release(project, commit, self)
@@ -593,19 +644,28 @@ class Export(_BuiltinStep):
                     self.backend_seconds += time.monotonic() - started
                 how = "reused (same commit)" if release.reused else "built"
                 yield self.say(f"non-scratch build {release.nvr}: {how}")
+                if not (yield self._step(gate, key, attempt, "built", nvr=release.nvr)):
+                    return (yield self._stale())
             if release.url:
                 yield self.addURL(f"build {release.nvr}", release.url)
-            yield gate.export_tagging(key, attempt, release.nvr, dest)
+            if not (yield gate.export_tagging(key, attempt, release.nvr, dest)):
+                return (yield self._stale())
+            yield self._test_pause("tagging")
             tagged = yield self._backend(svc.backend.tag, dest, release.nvr)
             yield self.say(f"{release.nvr} {'tagged into' if tagged else 'already in'} {dest}")
+            if not (yield self._step(gate, key, attempt, "tagged")):
+                return (yield self._stale())
             if mode == "promote" and svc.config.candidate_tag:
                 yield self._backend(svc.backend.untag, svc.config.candidate_tag, release.nvr)
+                if not (yield self._step(gate, key, attempt, "candidate-untagged")):
+                    return (yield self._stale())
             repo = yield self._backend(svc.backend.publish_repo, dest)
             yield self.say(f"repository of {dest} regenerated ({repo})")
+            if not (yield self._step(gate, key, attempt, "repo-ready")):
+                return (yield self._stale())
             landed = yield gate.export_landed(key, attempt, release.nvr, self.backend_seconds)
             if not landed:
-                yield self.say("this attempt is no longer current; the gate decides again")
-                return results.CANCELLED
+                return (yield self._stale())
         except defer.CancelledError:
             yield self.say("stopped: the item was reset or dequeued")
             return results.CANCELLED

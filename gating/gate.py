@@ -15,6 +15,13 @@ The scheduler owns the gate's queues. It turns the model's actions into Buildbot
 Actions run one at a time, in the order the model gave them, and each is checked against
 the model before it runs, so the work of a reset item is never started. The model is
 saved in the master's database after every event, so a restart resumes the queues.
+
+Exports are journaled (:mod:`gating.exportjournal`, object state ``export-journal``):
+the export job records each step of its section through the gate (before the tag, after
+it, after the repository), the gate records the merge (before and after) and any
+rollback. On activation, before any event, the open entries are recovered: each export
+is finished (its merge completed) or rolled back (its NVR untagged) from what the journal
+says and what the tag and the branch show, then the gate's state is made to agree.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, reactor, threads
 from twisted.python import log
 
+from gating import exportjournal as journalmod
 from gating import forge as forgemod
 from gating import gaterpc, gateview
 from gating import gerrit as gerritmod
@@ -55,6 +63,10 @@ from gating.queue import (
 
 SCHEDULER_NAME = "gate"
 STATE_KEY = "gate"
+# The export journal (gating.exportjournal): its own object state next to the gate's, in
+# the master's database (shared by the masters of a cluster), written and awaited at
+# every step of an export, independently of the gate's coalesced saves.
+JOURNAL_KEY = "export-journal"
 HOLDS_FILE = "export-holds.jsonl"  # one line per export section: when it was held
 EVENTS_FILE = "gate-events.jsonl"  # one line per gate event: the scheduler's time on it
 
@@ -171,6 +183,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
     _writing: bool = False
     _consumer: Any = None
     _calls: Any = None
+    # The export journal (JOURNAL_KEY): read on activation, written at every step.
+    _journal: journalmod.Journal | None = None
+    _journal_writes: defer.DeferredLock | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -194,12 +209,21 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if saved:
             self.gate = Gate.from_json(json.loads(saved), queues)
             self._apply_queue_settings()
-            actions = self.gate.restart_all("the master restarted")
         else:
             self.gate = Gate.for_projects(
                 queues, settings={q: dict(v) for q, v in self.settings.queue_settings}
             )
-            actions = []
+        journal = yield self.getState(JOURNAL_KEY, None)
+        self._journal = journalmod.Journal.from_json(journal)
+        # Before any event: the exports a master (this one, or the one this master takes
+        # the gate over from) left unfinished are finished or rolled back.
+        yield self._lock.acquire()
+        try:
+            actions = yield self._recover_journal()
+        finally:
+            self._lock.release()
+        if saved:
+            actions += self.gate.restart_all("the master restarted")
         self._consumer = yield self.master.mq.startConsuming(
             self._buildset_complete, ("buildsets", None, "complete")
         )
@@ -468,16 +492,19 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     @defer.inlineCallbacks
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> Any:
-        """Record, before the tag, what the holder is about to land (for the record and
-        for a restart)."""
+        """Record, before the tag, what the holder is about to land: in the export
+        journal (``tagging``, for a restart) and in the item (for people). True: tag;
+        False: the attempt is no longer current, or recorded no ``intent``."""
+        go_on = yield self.export_step(key, attempt, journalmod.TAGGING, {"nvr": nvr})
 
         def note(gate: Gate) -> list[Action]:
             item = gate.find(key)
-            if item is not None and item.attempt == attempt:
+            if go_on and item is not None and item.attempt == attempt:
                 item.info["export"] = {"nvr": nvr, "tag": tag, "attempt": attempt}
             return []
 
         yield self._event(note)
+        return go_on
 
     @defer.inlineCallbacks
     def export_landed(
@@ -576,6 +603,33 @@ class GateScheduler(ReconfigurableBaseScheduler):
         new attempt failed), the tag is undone."""
         assert self.gate is not None
         item = next((i for i in reversed(self.gate.finished) if i.key == key), None)
+        journal = self.journal()
+        if any(e.key == key for e in journal.entries.values()):
+            # Journaled: undo what landed (untag only what an attempt tagged and the tag
+            # still holds), then close the entry. An attempt given up while its tag call
+            # may have been under way (closed "abandoned" after ``tagging``: a koji tag
+            # task can end after its master died) is looked at again.
+            unsure = [
+                e.ident
+                for e in journal.entries.values()
+                if e.key == key
+                and e.closed == journalmod.CLOSED_ABANDONED
+                and e.has(journalmod.TAGGING)
+            ]
+            for ident in unsure:
+                journal.put(journalmod.reopen(journal.entries[ident]))
+            for entry in journal.open_for(key):
+                try:
+                    plan = yield self._settle_and_close(entry.ident, leaving=True)
+                except Exception as exc:
+                    log.err(exc, f"gate: cannot roll back the export of unmerged {key}")
+                    if item is not None:
+                        item.history.append(f"could not roll back its export: {exc}")
+                    continue
+                if item is not None:
+                    item.history.append(f"export journal: {plan.reason}")
+                    item.info["export_rolled_back"] = True
+            return
         export = item.info.get("export") if item is not None else None
         if not export or item.info.get("export_rolled_back"):
             return
@@ -593,6 +647,227 @@ class GateScheduler(ReconfigurableBaseScheduler):
             item.history.append(f"untagged {export['nvr']} from {export['tag']} (not merged)")
             if svc.backend.kind == "koji":
                 yield threads.deferToThread(svc.backend.publish_repo, export["tag"])
+
+    # -- the export journal ---------------------------------------------------------------
+
+    def journal(self) -> journalmod.Journal:
+        if self._journal is None:
+            self._journal = journalmod.Journal()
+        return self._journal
+
+    def _write_journal(self) -> defer.Deferred:
+        """Have the journal as it is when the write starts written to the database; fires
+        once it is there (written one at a time: a later write holds every earlier
+        record)."""
+        if self._journal_writes is None:
+            self._journal_writes = defer.DeferredLock()
+        return self._journal_writes.run(
+            lambda: self.setState(JOURNAL_KEY, self.journal().to_json())
+        )
+
+    def _record(self, ident: tuple[str, int], step: str, **values: Any) -> defer.Deferred:
+        """Record ``step`` of the entry ``ident`` (read again: the export job and the gate
+        both record) and write the journal; fires when it is in the database."""
+        journal = self.journal()
+        entry = journal.entries[ident]
+        journal.put(journalmod.record(entry, step, **values))
+        return self._write_journal()
+
+    def _close(self, ident: tuple[str, int], how: str, note: str = "") -> defer.Deferred:
+        journal = self.journal()
+        journal.put(journalmod.close(journal.entries[ident], how, note))
+        return self._write_journal()
+
+    @defer.inlineCallbacks
+    def export_step(
+        self, key: str, attempt: int, step: str, details: dict[str, Any] | None = None
+    ) -> Any:
+        """The export job of ``key``'s attempt records a step of its section; it is in the
+        database when this fires. True: go on; False: stop, the attempt is no longer
+        current (what it may have tagged meanwhile is undone here). ``intent`` (once the
+        attempt holds the section) takes ``mode``, ``tag``, ``candidate_tag``, ``commit``
+        and, in mode promote, ``nvr``; ``built`` and ``tagging`` the ``nvr``."""
+        if self.gate is None:
+            raise QueueError("the gate is not active on this master")
+        if step not in journalmod.JOB_STEPS:
+            raise QueueError(f"unknown export step {step!r}")
+        details = dict(details or {})
+        yield self._lock.acquire()
+        try:
+            written, go_on = yield self._export_step(key, attempt, step, details)
+        finally:
+            self._lock.release()
+        if written is not None:
+            yield written
+        return go_on
+
+    @defer.inlineCallbacks
+    def _export_step(self, key: str, attempt: int, step: str, details: dict[str, Any]) -> Any:
+        """Under the gate's lock: (the journal write to wait for or None, go on?)."""
+        assert self.gate is not None
+        journal = self.journal()
+        entry = journal.get(key, attempt)
+        item = self.gate.find(key)
+        holds = (
+            item is not None
+            and item.attempt == attempt
+            and item.state == State.TESTING
+            and item.export in ("holding", "landed")
+        )
+        if step == journalmod.INTENT:
+            if entry is None and holds:
+                assert item is not None
+                entry = journal.put(
+                    journalmod.begin(
+                        key=key,
+                        attempt=attempt,
+                        queue=item.queue,
+                        project=item.change.project,
+                        branch=item.change.branch,
+                        revision=item.change.revision,
+                        commit=details.get("commit") or item.info.get("merge_commit", ""),
+                        mode=details.get("mode", "rebuild"),
+                        tag=details.get("tag", ""),
+                        candidate_tag=details.get("candidate_tag") or "",
+                        nvr=details.get("nvr") or "",
+                    )
+                )
+                return self._write_journal(), True
+            return None, holds and entry is not None and not entry.closed
+        values = {"nvr": details["nvr"]} if details.get("nvr") else {}
+        if entry is None:
+            return None, False
+        if entry.closed:
+            late = step in (journalmod.TAGGED, journalmod.CANDIDATE_UNTAGGED, journalmod.REPO_READY)
+            if late and entry.closed != journalmod.CLOSED_MERGED and entry.has(journalmod.TAGGING):
+                # Its tag call ran on after the gate gave the attempt up: undo what landed.
+                journal.put(journalmod.record(journalmod.reopen(entry), step, **values))
+                yield self._write_journal()
+                yield self._settle_and_close(entry.ident, leaving=True)
+            return None, False
+        if step == journalmod.TAGGING and not holds:
+            return None, False  # nothing tagged: nothing to record
+        journal.put(journalmod.record(entry, step, **values))
+        return self._write_journal(), holds
+
+    def _backend(self) -> Any:
+        svc = self.master.service_manager.namedServices.get("gating-backend")
+        if svc is None:
+            raise QueueError("no build backend is configured on this master")
+        return svc.backend
+
+    def _observe(self, backend: Any, entry: journalmod.Entry) -> journalmod.Observed:
+        """(In a thread.) Is the entry's NVR in its tag; does the branch contain the
+        change (Gerrit: is the change merged; the local forge: is its tested commit on
+        the branch)?"""
+        in_tag = bool(entry.nvr) and entry.nvr in backend.tagged(entry.tag)
+        merged = self._contains(entry.project, entry.branch, entry.number, entry.commit)
+        return journalmod.Observed(in_tag=in_tag, merged=merged)
+
+    def _contains(self, project: str, branch: str, number: int, commit: str) -> bool:
+        """(In a thread.) Does the branch contain the change: Gerrit: is it merged; the
+        local forge: is its tested commit on the branch?"""
+        if isinstance(self.forge, GerritForge):
+            return self.forge.change(project, number).status == "merged"
+        return bool(commit) and forgemod.branch_contains(
+            self.forge.repo_path(project), branch, commit
+        )
+
+    @defer.inlineCallbacks
+    def _settle(self, ident: tuple[str, int], *, leaving: bool = False) -> Any:
+        """Observe the world, decide (:func:`gating.exportjournal.recover`) and carry the
+        plan out, each step recorded before/after as the journal wants; the plan. A merge
+        the forge refuses is recorded (``merge-failed``) and the entry goes back."""
+        backend = self._backend()
+        for _ in range(3):
+            entry = self.journal().entries[ident]
+            observed = yield threads.deferToThread(self._observe, backend, entry)
+            plan = journalmod.recover(entry, observed, leaving=leaving)
+            (log.err if plan.warning else log.msg)(f"gate: export journal: {plan.reason}")
+            refused = False
+            for action in plan.actions:
+                refused = yield self._carry_out(ident, action, backend)
+                if refused:
+                    break
+            if not refused:
+                return plan
+        raise QueueError(f"export of {ident[0]} attempt {ident[1]}: recovery did not settle")
+
+    @defer.inlineCallbacks
+    def _carry_out(self, ident: tuple[str, int], action: Any, backend: Any) -> Any:
+        """One action of a plan; True if it was a merge the forge refused."""
+        if isinstance(action, journalmod.UntagCandidate):
+            yield threads.deferToThread(backend.untag, action.tag, action.nvr)
+            yield self._record(ident, action.after)
+        elif isinstance(action, journalmod.PublishRepo):
+            yield threads.deferToThread(backend.publish_repo, action.tag)
+            yield self._record(ident, action.after)
+        elif isinstance(action, journalmod.Untag):
+            yield self._record(ident, action.before)
+            yield threads.deferToThread(backend.untag, action.tag, action.nvr)
+            yield self._record(ident, action.after)
+        elif isinstance(action, journalmod.Merge):
+            expected = action.expected_tip or (
+                yield threads.deferToThread(
+                    forgemod.first_parent, self.forge.repo_path(action.project), action.commit
+                )
+            )
+            yield self._record(ident, action.before, expected_tip=expected)
+            try:
+                yield threads.deferToThread(
+                    self.forge.merge, action.project, action.branch, action.commit, expected
+                )
+            except forgemod.ForgeError as exc:
+                retest = isinstance(exc, forgemod.BranchMoved)
+                yield self._record(ident, journalmod.MERGE_FAILED, reason=str(exc), retest=retest)
+                return True
+            yield self._record(ident, action.after)
+        else:
+            raise TypeError(action)
+        return False
+
+    @defer.inlineCallbacks
+    def _settle_and_close(self, ident: tuple[str, int], *, leaving: bool) -> Any:
+        plan = yield self._settle(ident, leaving=leaving)
+        yield self._close(ident, plan.closed, plan.reason)
+        return plan
+
+    @defer.inlineCallbacks
+    def _recover_journal(self) -> Any:
+        """On activation (the gate's lock held, before restart_all): settle every open
+        entry, make the gate agree (``Gate.export_recovered``), save the gate, then close
+        the entries. An entry that cannot be settled now (backend down) stays open: it is
+        settled again when its item is reported failed, or at the next activation."""
+        assert self.gate is not None
+        actions: list[Action] = []
+        settled: list[tuple[tuple[str, int], journalmod.Plan]] = []
+        for entry in self.journal().open_entries():
+            # An item no longer in its export (failed, dequeued, or at another attempt)
+            # never goes forward: only what landed for it is undone.
+            live = self._current(entry.key, entry.attempt, State.TESTING, State.MERGING)
+            try:
+                plan = yield self._settle(entry.ident, leaving=live is None)
+            except Exception as exc:
+                log.err(exc, f"gate: cannot recover the export of {entry.key}")
+                continue
+            settled.append((entry.ident, plan))
+            if plan.outcome == journalmod.OUTCOME_NONE:
+                continue
+            key, attempt = entry.ident
+            item = self.gate.find(key)
+            if plan.outcome == journalmod.OUTCOME_MERGED and item is not None:
+                item.info["merged_commit"] = entry.commit
+            actions += self.gate.export_recovered(key, attempt, plan.outcome, plan.reason)
+            item = self.gate.find(key) or next(
+                (i for i in reversed(self.gate.finished) if i.key == key), None
+            )
+            if item is not None:
+                item.history.append(f"export journal: {plan.reason}")
+        if settled:
+            yield self._save()  # the gate agrees in the database before the entries close
+            for ident, plan in settled:
+                yield self._close(ident, plan.closed, plan.reason)
+        return actions
 
     def _current(self, key: str, attempt: int, *states: State) -> Item | None:
         assert self.gate is not None
@@ -628,6 +903,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
             project, number = action.key.rsplit("~", 1)
             if action.status == "failed":
                 yield self._roll_back_export(action.key)
+            elif action.status == "merged":
+                yield self._close_merged(action.key)
             yield threads.deferToThread(
                 self.forge.set_result, project, int(number), action.status, action.reason
             )
@@ -745,31 +1022,72 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 yield self.master.data.control(
                     "stop", {"reason": reason}, ("builds", build["buildid"])
                 )
-            if not builds:
+            if not running:
+                # No build yet, or only builds that ended without completing the request
+                # (RETRY: a master killed during them; it would be run again).
                 yield self.master.data.control(
                     "cancel", {"reason": reason}, ("buildrequests", brid)
                 )
 
     @defer.inlineCallbacks
     def _merge(self, item: Item) -> Any:
+        """Move the branch to the tested commit. With a journaled export, ``merging`` is
+        recorded before and ``merged`` after; a refused merge is recorded and the RPM
+        that landed for it is untagged before the item is tested again or fails."""
         assert self.gate is not None
         change = item.change
         commit = item.info["merge_commit"]
+        entry = self.journal().get(item.key, item.attempt)
+        ident = entry.ident if entry is not None and not entry.closed else None
         tip = yield threads.deferToThread(self.forge.branch_tip, change.project, change.branch)
         if tip != commit:
             expected = yield threads.deferToThread(
                 forgemod.first_parent, self.forge.repo_path(change.project), commit
             )
+            if ident is not None:
+                yield self._record(ident, journalmod.MERGING, expected_tip=expected)
             try:
                 yield threads.deferToThread(
                     self.forge.merge, change.project, change.branch, commit, expected
                 )
-            except forgemod.BranchMoved as exc:
-                return self.gate.merge_failed(item.key, item.attempt, str(exc), retest=True)
-            except forgemod.ForgeError as exc:  # e.g. Gerrit refused the submit (409)
-                return self.gate.merge_failed(item.key, item.attempt, str(exc), retest=False)
+            except forgemod.ForgeError as exc:  # BranchMoved, or e.g. Gerrit's 409
+                retest = isinstance(exc, forgemod.BranchMoved)
+                contained = retest and (
+                    yield threads.deferToThread(
+                        self._contains, change.project, change.branch, change.number, commit
+                    )
+                )
+                if contained:  # merged already (the record of it was lost): not twice
+                    if ident is not None:
+                        yield self._record(ident, journalmod.MERGED)
+                    item.info["merged_commit"] = commit
+                    return self.gate.merged_ok(item.key, item.attempt)
+                if ident is not None:
+                    yield self._record(
+                        ident, journalmod.MERGE_FAILED, reason=str(exc), retest=retest
+                    )
+                    try:
+                        plan = yield self._settle_and_close(ident, leaving=True)
+                        item.history.append(f"export journal: {plan.reason}")
+                    except Exception as err:
+                        log.err(err, f"gate: cannot roll back the export of {item.key}")
+                return self.gate.merge_failed(item.key, item.attempt, str(exc), retest=retest)
+        if ident is not None:
+            yield self._record(ident, journalmod.MERGED)
         item.info["merged_commit"] = commit
         return self.gate.merged_ok(item.key, item.attempt)
+
+    @defer.inlineCallbacks
+    def _close_merged(self, key: str) -> Any:
+        """The item merged and the gate's state saying so is in the database (a Report
+        runs after it): its journal entry closes."""
+        assert self.gate is not None
+        item = next((i for i in reversed(self.gate.finished) if i.key == key), None)
+        if item is None:
+            return
+        entry = self.journal().get(key, item.attempt)
+        if entry is not None and not entry.closed and entry.has(journalmod.MERGED):
+            yield self._close(entry.ident, journalmod.CLOSED_MERGED, f"{key}: merged")
 
     @defer.inlineCallbacks
     def _buildset_complete(self, key: Any, msg: dict[str, Any]) -> Any:

@@ -425,7 +425,9 @@ class Gate:
         item.state = State.QUEUED
         item.passed = False
         item.ahead = []
-        if item.export in ("waiting", "holding"):
+        # A landed export is given up too: a reset after landing (the merge refused, the
+        # branch moved) rolled the tag back (gating.gate), the new attempt exports again.
+        if item.export in ("waiting", "holding", "landed"):
             item.export = ""
 
     # -- the serial export section (an ordered lock) ------------------------------------
@@ -470,6 +472,47 @@ class Gate:
         item.export = "failed"
         self._fail(item, f"export failed: {reason}", actions)
         self._schedule(actions)
+        return actions
+
+    def export_recovered(
+        self, key: str, attempt: int, outcome: str, reason: str = ""
+    ) -> list[Action]:
+        """The export journal's recovery (``gating.exportjournal``) settled ``key``'s
+        attempt after a restart, before :meth:`restart_all`: the model is made to agree
+        with git and the tag. ``outcome``: "merged" (git has the change: the item merged,
+        whatever attempt it is at now), "retest" (nothing of it landed: its section is
+        given up and it is tested again) or "failed" (it fails with ``reason``). Nothing
+        is scheduled here: :meth:`restart_all` does that next."""
+        item = self.find(key)
+        actions: list[Action] = []
+        if outcome == "merged":
+            if item is None or item.state == State.WAITING:
+                self.merged.add(key)  # merged in git: it must never be merged again
+                return actions
+            queue = self.queues[item.queue]
+            if item.state == State.TESTING and not item.passed:
+                # Its run (the export's, or a newer attempt's) must not go on.
+                actions.append(Cancel(queue.name, item.key, item.attempt))
+            queue.items.remove(item)
+            item.state = State.MERGED
+            item.history.append(f"attempt {attempt}: merged (export completed after a restart)")
+            self.merged.add(item.key)
+            self._finish(item)
+            queue.grow()
+            actions.append(Report(queue.name, item.key, "merged"))
+            self._release_waiting(actions)
+            return actions
+        in_section = (State.TESTING, State.MERGING)
+        if item is None or item.attempt != attempt or item.state not in in_section:
+            return actions
+        item.export = ""
+        item.passed = False
+        if outcome == "failed":
+            item.state = State.TESTING  # a merging item fails as a tested one does
+            self._fail(item, reason or "export rolled back", actions)
+        else:
+            item.state = State.TESTING
+            self._reset(item, actions, why=reason or "export rolled back")
         return actions
 
     def export_holders(self) -> dict[str, int]:

@@ -97,7 +97,16 @@ class FakeGate:
         self.calls = calls
         self.grant: defer.Deferred = defer.Deferred()
         self.landed = True
+        self.refuse: str | None = None  # the journal step the gate answers "stop" to
+        self.journal: list[tuple[str, dict]] = []
         self.backend_seconds: list[float | None] = []  # as reported with each outcome
+
+    def export_step(
+        self, key: str, attempt: int, step: str, details: dict | None = None
+    ) -> defer.Deferred:
+        self.calls.append(f"step {step}")
+        self.journal.append((step, dict(details or {})))
+        return defer.succeed(step != self.refuse)
 
     def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
         self.calls.append(f"acquire {key} {attempt}")
@@ -105,7 +114,7 @@ class FakeGate:
 
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         self.calls.append(f"tagging {nvr}")
-        return defer.succeed(None)
+        return defer.succeed(self.refuse != "tagging")
 
     def export_landed(
         self, key: str, attempt: int, nvr: str, backend_seconds: float | None = None
@@ -158,11 +167,31 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             self.service.calls,
             [
                 "acquire ceilometer~2 1",
+                "step intent",
                 f"release ceilometer {B[:4]}",
+                "step built",
                 "tagging ceilometer-8.0.1-1",
                 "tag rdo-liberty ceilometer-8.0.1-1",
+                "step tagged",
                 "repo rdo-liberty",
+                "step repo-ready",
                 "landed ceilometer~2 ceilometer-8.0.1-1",
+            ],
+        )
+        self.assertEqual(
+            self.gate.journal[:2],
+            [
+                (
+                    "intent",
+                    {
+                        "mode": "rebuild",
+                        "tag": "rdo-liberty",
+                        "candidate_tag": "rdo-candidate",
+                        "commit": GATE_PROPS["gating_merge_commit"],
+                        "nvr": "",
+                    },
+                ),
+                ("built", {"nvr": "ceilometer-8.0.1-1"}),
             ],
         )
 
@@ -181,13 +210,18 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.assertEqual(
             self.service.calls[2:],
             [
+                "step intent",
                 "tagging ceilometer-8.0.1-1",
                 "tag rdo-liberty ceilometer-8.0.1-1",
+                "step tagged",
                 "untag rdo-candidate ceilometer-8.0.1-1",
+                "step candidate-untagged",
                 "repo rdo-liberty",
+                "step repo-ready",
                 "landed ceilometer~2 ceilometer-8.0.1-1",
             ],
         )
+        self.assertEqual(self.gate.journal[0][1]["nvr"], "ceilometer-8.0.1-1")
         self.assertFalse(any(c.startswith("release") for c in self.service.calls))
 
     @defer.inlineCallbacks
@@ -213,6 +247,55 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 
         self.expect_outcome(result=CANCELLED)
         yield self.run_step()
+
+    @defer.inlineCallbacks
+    def refused_at(self, refused: str, last: str) -> Any:
+        """The gate answers "stop" to ``refused`` (the attempt is no longer current):
+        nothing after that step runs (what landed is the gate's to undo)."""
+        from buildbot.process.results import CANCELLED
+
+        self.wire(Export())
+        self.gate.refuse = refused
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=CANCELLED)
+        yield self.run_step()
+        self.assertEqual(self.service.calls[-1], last)
+        tagged = any(c.startswith("tag ") for c in self.service.calls)
+        self.assertEqual(tagged, refused in ("tagged", "repo-ready"))
+        self.assertFalse(any(c.startswith("landed") for c in self.service.calls))
+
+    def test_a_refused_intent_stops_before_the_build(self):
+        return self.refused_at("intent", "step intent")
+
+    def test_a_refused_built_stops_before_the_tag(self):
+        return self.refused_at("built", "step built")
+
+    def test_a_refused_tagging_stops_before_the_tag(self):
+        return self.refused_at("tagging", "tagging ceilometer-8.0.1-1")
+
+    def test_a_refused_tagged_stops_before_the_repository(self):
+        return self.refused_at("tagged", "step tagged")
+
+    def test_a_refused_repo_ready_is_not_reported_landed(self):
+        return self.refused_at("repo-ready", "step repo-ready")
+
+    @defer.inlineCallbacks
+    def test_the_test_hook_pauses_after_a_step_only_when_its_directory_says_so(self):
+        import tempfile
+
+        from buildbot.process.results import CANCELLED
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.patch(buildjobs.os, "environ", {buildjobs.TEST_HOOKS_ENV: folder})
+            (Path(folder) / "pause-export-after-tagged").write_text("")
+            self.wire(Export())
+            self.gate.grant.callback(None)
+            self.expect_outcome(result=CANCELLED)
+            d = self.run_step()
+            self.assertTrue((Path(folder) / "paused-export-after-tagged").exists())
+            self.assertEqual(self.service.calls[-1], "step tagged")  # and no further
+            self.get_nth_step(0).interrupt("test")
+            yield d
 
     def clocked(self) -> list[float]:
         """A clock for gating.buildjobs that only the fake backend moves: each tag takes
@@ -404,3 +487,45 @@ class ScmUrlTests(unittest.TestCase):
             self.service("git+https://gating.example.org/scm/{project}.git").scm_url("nova", A),
             f"git+https://gating.example.org/scm/nova.git#{A}",
         )
+
+
+class ScmMirrorTests(unittest.TestCase):
+    """_ensure_scm: the commit a build names is pushed to the SCM mirror by git, from an
+    argument list, after it was checked to be a commit id."""
+
+    def setUp(self):
+        self.svc = BackendService.__new__(BackendService)
+        self.svc.root = Path("/srv/gating/backend")
+        self.svc.project_repos = {"nova": "/srv/forge/nova $(touch pwned).git"}
+        self.calls: list[tuple[list[str], dict]] = []
+
+        def run(argv, **kwargs):
+            self.calls.append((argv, kwargs))
+            missing = argv[3:5] == ["cat-file", "-e"]
+            return SimpleNamespace(returncode=1 if missing else 0, stderr="")
+
+        self.patch(buildjobs.subprocess, "run", run)
+        self.patch(Path, "exists", lambda self: True)  # the mirror exists already
+
+    def test_the_commit_is_pushed_as_single_arguments(self):
+        self.svc._ensure_scm("nova", A)
+        mirror = "/srv/gating/backend/scm/nova.git"
+        self.assertEqual(
+            [argv for argv, _ in self.calls],
+            [
+                ["git", "-C", mirror, "cat-file", "-e", f"{A}^{{commit}}"],
+                ["git", "-C", "/srv/forge/nova $(touch pwned).git", "push", "-q", "--"]
+                + [mirror, f"{A}:refs/heads/gating/{A}"],
+            ],
+        )
+        self.assertFalse(any(kwargs.get("shell") for _, kwargs in self.calls))
+
+    def test_a_revision_that_is_not_a_commit_id_never_reaches_git(self):
+        # regression: the revision of a source stamp went to 'git cat-file' unchecked, and
+        # the id check ended in '$' (a final newline passed)
+        for bad in (A + "\n", "--upload-pack=touch pwned", "-f", "HEAD", "$(touch pwned)", ""):
+            with self.assertRaisesRegex(buildjobs.BuildError, "expected a full commit id"):
+                self.svc._ensure_scm("nova", bad)
+        with self.assertRaisesRegex(buildjobs.BuildError, "has no repository"):
+            self.svc._ensure_scm("../nova", A)
+        self.assertEqual(self.calls, [])

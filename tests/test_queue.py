@@ -1706,3 +1706,78 @@ def test_after_a_restart_a_landed_export_merges_instead_of_testing_again():
     actions = restored.restart_all("the master restarted")
     assert Merge("rdo", A.key, 1) in actions
     assert restored.item(A.key).state == State.MERGING
+
+
+# -- after a restart: the export journal's verdict (gating.exportjournal) -----------------
+
+
+def landed_then_restored() -> Gate:
+    """A landed its export (B and C tested on top of it), then the master died."""
+    gate = seed_gate()
+    gate.export_request(A.key, attempt(gate, A))
+    gate.export_landed(A.key, attempt(gate, A), "nova-12.0.1-1")
+    return roundtrip(gate)
+
+
+def test_a_recovered_export_that_merged_merges_the_item_and_nothing_behind_is_reset():
+    gate = landed_then_restored()
+    actions = gate.export_recovered(A.key, 1, "merged")
+    # its run (waiting for the export's end) is stopped: it must not run again
+    assert actions == [Cancel("rdo", A.key, 1), Report("rdo", A.key, "merged")]
+    assert finished(gate, A).state == State.MERGED and A.key in gate.merged
+    assert [key for key, _ in states(gate)] == [B.key, C.key]
+    restart = gate.restart_all("the master restarted")
+    assert Merge("rdo", A.key, 1) not in restart
+    with pytest.raises(QueueError, match="already merged"):
+        gate.enqueue(A)
+
+
+def test_a_recovered_merge_wins_over_a_newer_attempt_of_the_item():
+    """Git has the change: the model agrees, whatever attempt the item is at now."""
+    gate = landed_then_restored()
+    gate.item(A.key).attempt = 2
+    actions = gate.export_recovered(A.key, 1, "merged")
+    assert Cancel("rdo", A.key, 2) in actions and finished(gate, A).state == State.MERGED
+
+
+def test_a_recovered_export_that_was_rolled_back_is_tested_again_and_exports_again():
+    gate = landed_then_restored()
+    assert gate.export_recovered(A.key, 1, "retest", "nothing landed") == [Cancel("rdo", A.key, 1)]
+    item = gate.item(A.key)
+    assert (item.state, item.export, item.passed) == (State.QUEUED, "", False)
+    restart = gate.restart_all("the master restarted")
+    assert Start("rdo", A.key, 2, ()) in restart  # tested again, not merged
+    assert not any(isinstance(a, Merge) for a in restart)
+
+
+def test_a_recovered_export_whose_merge_was_refused_fails_the_item_with_the_reason():
+    gate = landed_then_restored()
+    gate.export_recovered(A.key, 1, "failed", "the merge was refused: abandoned")
+    item = gate.item(A.key)
+    assert (item.state, item.reason) == (State.FAILING, "the merge was refused: abandoned")
+    actions = gate.restart_all("the master restarted")
+    assert Report("rdo", A.key, "failed", "the merge was refused: abandoned") in actions
+
+
+def test_a_rollback_verdict_for_a_stale_attempt_or_an_item_gone_changes_nothing():
+    gate = landed_then_restored()
+    before = json.dumps(gate.to_json())
+    assert gate.export_recovered(A.key, 7, "retest") == []
+    assert gate.export_recovered("nova-distgit~99", 1, "failed", "x") == []
+    assert json.dumps(gate.to_json()) == before
+    # A merge of a change no longer in the gate is remembered: it is never merged again.
+    assert gate.export_recovered("nova-distgit~99", 1, "merged") == []
+    assert "nova-distgit~99" in gate.merged
+
+
+def test_a_reset_after_the_export_landed_gives_the_section_up():
+    """The merge was refused (the branch moved): the gate untagged the RPM; the item is
+    tested again and its next attempt exports again."""
+    gate = seed_gate()
+    gate.export_request(A.key, 1)
+    gate.export_landed(A.key, 1)
+    gate.job_result(A.key, 1, True)
+    assert gate.item(A.key).state == State.MERGING
+    gate.merge_failed(A.key, 1, "branch moved", retest=True)
+    assert gate.item(A.key).export == ""
+    assert gate.export_request(A.key, 2) is True and gate.item(A.key).export == "holding"

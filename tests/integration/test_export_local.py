@@ -283,3 +283,106 @@ def test_the_destination_repository_installs_with_dnf(site, tmp_path):
         env={**os.environ, "LC_ALL": "C.UTF-8"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- crash safety: the export journal (gating.exportjournal) ------------------------------
+# These restart the site's master: they come last in the module.
+
+
+def journal_entries(site) -> list[dict]:
+    """The export journal as the master's database holds it."""
+    import sqlite3
+
+    with sqlite3.connect(site.master_dir / "state.sqlite") as db:
+        row = db.execute(
+            "SELECT value_json FROM object_state WHERE name = 'export-journal'"
+        ).fetchone()
+    return json.loads(row[0])["entries"] if row else []
+
+
+def wait_for(path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.2)
+
+
+def kill_master(site) -> None:
+    import signal
+
+    pid = site.master_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while site.master_pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert site.master_pid() is None
+
+
+@pytest.fixture
+def hooks(site, tmp_path, monkeypatch):
+    """The export job's test hook (GATING_TEST_HOOKS_DIR) on: the master is restarted with
+    it in its environment."""
+    from gating.buildjobs import TEST_HOOKS_ENV
+
+    folder = tmp_path / "hooks"
+    folder.mkdir()
+    monkeypatch.setenv(TEST_HOOKS_ENV, str(folder))
+    site.stop()
+    site.start()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("killed_after", "version", "forward"),
+    [("tagged", "12.0.3", True), ("tagging", "12.0.4", False)],
+)
+def test_a_master_killed_in_the_export_section_finishes_or_undoes_it_on_restart(
+    site, hooks, killed_after, version, forward
+):
+    """SIGKILL right after the export recorded ``killed_after`` (tagged: the RPM is in the
+    tag; tagging: the tag call never ran). On restart the change ends merged exactly once
+    with its RPM in the tag, or tested again (nothing landed) and then merged, and the
+    gate goes on with the item behind it."""
+    nvr = f"nova-{version}-1"
+    (hooks / f"pause-export-after-{killed_after}").write_text("")
+    a = propose(site, "nova", {"nova.spec": spec("nova", version), "DURATION": "0"}, version)
+    cver = "8.0.3" if forward else "8.0.4"
+    b = propose(
+        site,
+        "ceilometer",
+        {"ceilometer.spec": spec("ceilometer", cver), "DURATION": "0"},
+        f"ceilometer {cver}",
+    )
+    approve(site, "nova", a)
+    approve(site, "ceilometer", b)
+    wait_for(hooks / f"paused-export-after-{killed_after}")
+    assert (nvr in backend_of(site).tagged(DEST)) is forward
+    assert version not in main_log(site, "nova").splitlines()
+    (entry,) = [e for e in journal_entries(site) if e["key"] == f"nova~{a}" and not e["closed"]]
+    assert entry["steps"][-1] == killed_after
+
+    kill_master(site)
+    (hooks / f"pause-export-after-{killed_after}").unlink()
+    site.start()
+    done = wait_finished(site, [f"nova~{a}", f"ceilometer~{b}"])
+    assert {k: v["state"] for k, v in done.items()} == {
+        f"nova~{a}": "merged",
+        f"ceilometer~{b}": "merged",
+    }, json.dumps(done, indent=1)
+    # Merged exactly once, its RPM tagged exactly once and never untagged.
+    assert main_log(site, "nova").splitlines().count(version) == 1
+    events = [(action, n) for action, n, _ in tag_states(site) if n == nvr]
+    assert events == [("tag", nvr)], events
+    assert latest(backend_of(site).tagged(DEST)) >= {nvr, f"ceilometer-{cver}-1"}
+    # The journal: the killed attempt was finished (forward) or abandoned (back).
+    mine = {e["attempt"]: e for e in journal_entries(site) if e["key"] == f"nova~{a}"}
+    killed = mine[entry["attempt"]]
+    assert killed["closed"] == ("merged" if forward else "abandoned"), killed
+    if forward:
+        assert killed["steps"][-2:] == ["merging", "merged"], killed
+        assert len(mine) == 1  # no second attempt
+    else:
+        assert max(mine) > entry["attempt"] and mine[max(mine)]["closed"] == "merged"
+    assert not [e for e in journal_entries(site) if not e["closed"]]
