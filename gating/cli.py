@@ -12,6 +12,10 @@
   [--json]``: the compose check report of a compose (http(s) URL, ``file://`` URL or path):
   the images added and removed since the previous compose and the expected images it lacks;
   exit 0 when no expected image is missing, 1 when some are, 2 when a compose cannot be read.
+* ``gating notify PROJECT BRANCH REVISION --author TEXT [...]``: post a change to the
+  master's ``gating`` change hook, signed with the hook's secret (from ``--secret-file PATH``
+  or ``$GATING_HOOK_SECRET``, never the command line): what a forge's post-receive hook
+  runs. Exit 0 when the master recorded the change, 1 otherwise.
 
 ``approve``, ``dequeue`` and ``queue`` talk to the master's HTTP API (``--url``, default
 ``$GATING_URL`` or http://127.0.0.1:8010/). On a master with a web login (``web: auth`` in
@@ -289,6 +293,63 @@ def cmd_compose_check(args: argparse.Namespace) -> int:
     return 1 if report.missing_expected else 0
 
 
+HOOK_SECRET_ENV = "GATING_HOOK_SECRET"
+
+
+def _hook_secret(args: argparse.Namespace) -> str:
+    """The hook's secret: ``--secret-file``'s text (a trailing newline stripped, as Buildbot
+    reads the master's copy), else ``$GATING_HOOK_SECRET``. Raises ValueError."""
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as f:
+                secret = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ValueError(f"cannot read the secret file {args.secret_file}: {reason}") from None
+    else:
+        secret = os.environ.get(HOOK_SECRET_ENV, "")
+    if not secret:
+        raise ValueError(f"no secret: set ${HOOK_SECRET_ENV} or use --secret-file FILE")
+    return secret
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from gating import changehooks
+
+    change: dict[str, Any] = {
+        "project": args.project,
+        "branch": args.branch,
+        "revision": args.revision,
+        "author": args.author,
+    }
+    for key in ("repository", "comments", "category"):
+        if getattr(args, key) is not None:
+            change[key] = getattr(args, key)
+    if args.file:
+        change["files"] = args.file
+    properties = {}
+    for text in args.property:
+        name, sep, value = text.partition("=")
+        if not sep:
+            print(f"gating notify: --property {text!r} is not NAME=VALUE", file=sys.stderr)
+            return 1
+        properties[name] = value
+    if properties:
+        change["properties"] = properties
+    try:
+        secret = _hook_secret(args)
+    except ValueError as exc:
+        print(f"gating notify: {exc}", file=sys.stderr)
+        return 1
+    status, answer = changehooks.post_change(args.url, secret, change, timeout=args.timeout)
+    if status != 202:
+        where = f"HTTP {status}: " if status else ""
+        print(f"gating notify: {where}{answer.strip()}", file=sys.stderr)
+        return 1
+    print(answer.strip() or "change recorded")
+    return 0
+
+
 def _control_options(p: argparse.ArgumentParser, default_url: str) -> None:
     p.add_argument("--url", default=default_url, help="the master's web URL")
     p.add_argument(
@@ -359,6 +420,38 @@ def parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30, help="seconds per HTTP request (default 30)"
     )
     ccheck.set_defaults(func=cmd_compose_check)
+    notify = sub.add_parser(
+        "notify",
+        help="post a signed change to the master's gating change hook",
+        description="The secret is read from --secret-file or $GATING_HOOK_SECRET, "
+        "never from the command line. Exit 0 when the master recorded the change.",
+        allow_abbrev=False,
+    )
+    notify.add_argument("project")
+    notify.add_argument("branch", help="a branch name or refs/heads/NAME")
+    notify.add_argument("revision", help="the full commit id")
+    notify.add_argument("--author", required=True, help="e.g. 'A U Thor <a@example.org>'")
+    notify.add_argument("--repository", metavar="URL")
+    notify.add_argument("--comments", metavar="TEXT", help="the commit message")
+    notify.add_argument("--category", metavar="TEXT")
+    notify.add_argument(
+        "--file", metavar="PATH", action="append", default=[], help="a changed file (repeatable)"
+    )
+    notify.add_argument(
+        "--property",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a change property (repeatable)",
+    )
+    notify.add_argument("--url", default=default_url, help="the master's web URL")
+    notify.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help=f"a file holding the hook's secret (instead of ${HOOK_SECRET_ENV})",
+    )
+    notify.add_argument("--timeout", type=float, default=30, help="seconds (default 30)")
+    notify.set_defaults(func=cmd_notify)
     return ap
 
 

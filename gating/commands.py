@@ -8,7 +8,7 @@ text, so no value from a file or a change can be read as shell syntax.
 
 from __future__ import annotations
 
-from gating.pipeline import Job, Snap
+from gating.pipeline import SNAP_CHANNEL_RE, SNAP_NAME_RE, Job, Snap, package_error
 
 OUTPUT_STAGING = ".gating-output"
 OUTPUT_TARBALL = ".gating-output.tar"
@@ -62,10 +62,20 @@ def environment(job: Job) -> dict[str, str]:
 
 
 def package_command(install: tuple[str, ...], packages: tuple[str, ...]) -> list[str]:
+    """The pool's install command and the package names. Raises ``ValueError`` for a name
+    the command would read as an option (the pipeline loader refuses those already)."""
+    for package in packages:
+        error = package_error(package)
+        if error:
+            raise ValueError(f"{package!r} {error}")
     return [*install, *packages]
 
 
 def snap_command(snap: Snap) -> list[str]:
+    """``snap install``; raises ``ValueError`` for a name or channel that is not one (the
+    pipeline loader refuses those already): snap would read ``--name`` as an option."""
+    if not SNAP_NAME_RE.match(snap.name) or not SNAP_CHANNEL_RE.match(snap.channel):
+        raise ValueError(f"bad snap {snap.name!r} (channel {snap.channel!r})")
     cmd = ["snap", "install", snap.name, f"--channel={snap.channel}"]
     if snap.classic:
         cmd.append("--classic")

@@ -43,7 +43,7 @@ REPORT_TOPIC = ("gating", "compose-reports")
 # Compose ids remembered per location (older ones can never come back).
 FIRED_MEMORY = 200
 PASSED = (SUCCESS, WARNINGS, SKIPPED)
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z")
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,31 @@ class Mark:
         return f"{self.file}:{self.line}:{self.column}"
 
 
+# Control characters and line separators, escaped when a diagnostic is printed: a message
+# quotes values from the file (keys, names), and each diagnostic must stay one line that
+# starts with its place, whatever the file holds.
+_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85)},
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters and line separators escaped (``\\n``, ...)."""
+    return text.translate(_ESCAPES)
+
+
 @dataclass(frozen=True, order=True)
 class Diagnostic:
     mark: Mark
     message: str
 
     def __str__(self) -> str:
-        return f"{self.mark}: {self.message}"
+        return one_line(f"{self.mark}: {self.message}")
 
 
 class ConfigError(Exception):

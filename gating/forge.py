@@ -75,9 +75,10 @@ MERGE_EMAIL = "gating@localhost"
 
 # Project names as the site configuration allows them (gating.pipeline.IDENTIFIER_RE, not
 # imported so that the hooks start without loading the YAML machinery).
-PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]+$")
-OID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-CHANGE_REF_RE = re.compile(r"^refs/changes/([0-9]+)/([0-9]+)$")
+# \Z, not $: $ also matches before a final newline ("nova\n" would pass).
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]+\Z")
+OID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+CHANGE_REF_RE = re.compile(r"^refs/changes/([0-9]+)/([0-9]+)\Z")
 TRAILER_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
@@ -249,6 +250,11 @@ def branch_error(branch: str) -> str | None:
         return "a branch name cannot start with '-'"
     if branch in ("HEAD", "@"):
         return f"{branch!r} is not a branch name"
+    if not branch.isascii():
+        try:
+            branch.encode("utf-8")
+        except UnicodeEncodeError:  # non-UTF-8 bytes of a ref, as surrogateescape gives them
+            return "a branch name must be UTF-8 text"
     if BAD_REF_CHARS.search(branch):
         return "a branch name cannot contain spaces, control characters or any of ~^:?*[\\"
     if ".." in branch or "@{" in branch:
@@ -985,6 +991,22 @@ def first_parent(repo: str | Path, commit: str) -> str:
     if parent is None:
         raise ForgeError(f"commit {commit} has no parent in {repo} (or is not there)")
     return parent
+
+
+def branch_contains(repo: str | Path, branch: str, commit: str) -> bool:
+    """Is ``commit`` the tip of ``branch`` in ``repo``, or an ancestor of it (False if the
+    branch or the commit is not there)?"""
+    commit = check_oid(commit)
+    check_branch(branch)
+    path = Path(repo)
+    git_dir = path / ".git" if (path / ".git").exists() else path
+    tip = _resolve(git_dir, f"refs/heads/{branch}")
+    if tip is None or not _has_commit(git_dir, commit):
+        return False
+    if tip == commit:
+        return True
+    proc = _run(["merge-base", "--is-ancestor", commit, tip], git_dir=git_dir, check=False)
+    return proc.returncode == 0
 
 
 # -- hooks -------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ MIRROR_REFSPECS = (
 )
 PROPERTY_BASENAME = "event"  # GerritChangeSourceBase.property_basename
 # Gerrit project names may have namespaces ("rpms/nova"); no "..", no ".git" suffix.
-GERRIT_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*(?:/[A-Za-z0-9][A-Za-z0-9+._-]*)*$")
+GERRIT_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*(?:/[A-Za-z0-9][A-Za-z0-9+._-]*)*\Z")
 # The message gating.forge.speculative_merge() gives each merge it makes.
 GATE_MERGE_RE = re.compile(r"^Merge change (?P<key>\S+)~(?P<number>[0-9]+) into (?P<branch>\S+)\n")
 _MAX_EQUIVALENCE_DEPTH = 200

@@ -16,7 +16,7 @@ from gating.diagnostics import Collector, Mark, did_you_mean
 from gating.yamltree import Node, Reader, describe, load
 
 # Buildbot's own rule for worker names (buildbot.util.identifiers), kept ASCII.
-WORKER_NAME_RE = re.compile(r"^[a-zA-Z_-][a-zA-Z0-9_-]{0,49}$")
+WORKER_NAME_RE = re.compile(r"^[a-zA-Z_-][a-zA-Z0-9_-]{0,49}\Z")
 
 WORKER_KEYS = frozenset(
     {"name", "arch", "series", "max-builds", "tags", "password-secret", "package-install", "host"}

@@ -65,6 +65,7 @@ from gating.siteevents import KojiEventsConfig
 from gating.steps import TRIGGER_PROPERTIES, JobTrigger, RunPipeline, trigger_scheduler_name
 from gating.taskrunner import TASK_BUILDER, task_builder
 from gating.webauth import web_auth
+from gating.webhooks import change_hook_dialects
 
 CONFIG_ENV = "GATING_CONFIG"
 
@@ -817,7 +818,12 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
         if isinstance(site.www_port, int)
         else site.www_port,
         "plugins": {"console_view": {}, "grid_view": {}, "waterfall_view": {}, "gating": {}},
-        "change_hook_dialects": {},
+        # change-hooks -> signed dialects only (gating.webhooks); none: no change hook
+        "change_hook_dialects": change_hook_dialects(
+            site.change_hooks,
+            [(p.name, project_url_for(p, site, basedir)) for p in site.projects],
+            secrets_dir,
+        ),
         # web: auth -> the login and the admin role (gating.webauth); else no login
         **web_auth(site.web, site.config_dir, secrets_dir),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,27 @@ from gating.yamltree import Node, Reader, describe, load
 
 MASTER_LANE = "master"
 
-IDENTIFIER_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]+$")
+# \Z, not $: '$' also matches before a trailing newline ("build\n").
+IDENTIFIER_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]+\Z")
 IDENTIFIER_RULE = (
     "at least two characters: lower-case ASCII letters, digits, '+', '.', '_' or '-', "
     "starting with a letter or digit"
 )
 
-# Limits that keep a hostile or mistaken file from exhausting the master.
-MAX_JOBS = 200
-MAX_MATRIX_ENTRIES = 64
-MAX_INSTANCES = 2000
+# Limits that keep a hostile or mistaken file from exhausting the master (with those of
+# gating.yamltree: file size, nesting depth, number of values). Each is an error naming the
+# file and the place.
+MAX_JOBS = 200  # jobs in 'jobs'
+MAX_MATRIX_ENTRIES = 64  # entries of one job's 'matrix'
+MAX_ENTRIES = 1000  # job entries of a pipeline, each matrix entry counted (a job without one: 1)
+MAX_INSTANCES = 2000  # job instances of a pipeline: its staged entries times their lanes
 MAX_TIMEOUT = 7 * 24 * 3600
+
+# Snap names as the snap store allows them; package names may be anything the worker's
+# package-install command takes as one argument, except an option ('-...').
+SNAP_NAME_RE = re.compile(r"^(?=.{1,40}\Z)[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+SNAP_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,99}\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 TRIGGER_OPTIONS: dict[str, frozenset[str]] = {
     "gate": frozenset({"projects"}),
@@ -97,6 +108,16 @@ INPUT_KEYS = frozenset({"job-name", "target-directory", "architecture"})
 SNAP_KEYS = frozenset({"name", "channel", "classic"})
 REPOSITORY_KEYS = frozenset({"type", "ppa", "formats", "components", "suites", "url", "trusted"})
 LICENSE_KEYS = frozenset({"spdx", "path"})
+
+
+def package_error(package: str) -> str | None:
+    """Why ``package`` cannot be an argument of a package-install command, or None."""
+    if not package or package.startswith("-") or _CONTROL_RE.search(package):
+        return (
+            "is not a package name (it must not be empty, start with '-' or hold control "
+            "characters)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -189,14 +210,21 @@ class Pipeline:
     trusted: bool = True
     mark: Mark = field(default=Mark("<none>"), compare=False)
 
-    def job(self, name: str, index: int = 0) -> Job:
+    @cached_property
+    def _entries_by_name(self) -> dict[str, tuple[Job, ...]]:
+        by_name: dict[str, list[Job]] = {}
         for job in self.jobs:
-            if job.name == name and job.index == index:
+            by_name.setdefault(job.name, []).append(job)
+        return {name: tuple(entries) for name, entries in by_name.items()}
+
+    def job(self, name: str, index: int = 0) -> Job:
+        for job in self._entries_by_name.get(name, ()):
+            if job.index == index:
                 return job
         raise KeyError((name, index))
 
     def entries(self, name: str) -> tuple[Job, ...]:
-        return tuple(j for j in self.jobs if j.name == name)
+        return self._entries_by_name.get(name, ())
 
     def lanes(self) -> list[str]:
         """Every lane that has a job instance, arches in canonical order, master last."""
@@ -365,6 +393,12 @@ class _PipelineParser:
                             f"job name '{job_name}' must be {IDENTIFIER_RULE}",
                         )
                     jobs.extend(self.job(job_name, job_node))
+                if len(jobs) > MAX_ENTRIES:
+                    self.r.fail(
+                        jobs_node,
+                        f"too many job entries ({len(jobs)}, each matrix entry counted; "
+                        f"at most {MAX_ENTRIES})",
+                    )
         stages = self.stages(top["pipeline"], job_nodes) if "pipeline" in top else ()
         pipeline = Pipeline(
             name=name,
@@ -375,8 +409,25 @@ class _PipelineParser:
             trusted=trusted,
             mark=root.mark,
         )
-        self.check_graph(pipeline, job_nodes)
+        self.check_text(root)
+        if len(jobs) <= MAX_ENTRIES:
+            self.check_graph(pipeline, job_nodes)
         return pipeline
+
+    def check_text(self, root: Node) -> None:
+        """No key or string anywhere in the file may hold a NUL character: no command
+        argument or environment variable can carry one."""
+        todo = [root]
+        while todo:
+            node = todo.pop()
+            if isinstance(node.value, str) and "\0" in node.value:
+                self.r.fail(node, "a NUL character is not allowed")
+            for key, value in node.items():
+                if "\0" in key:
+                    self.r.errors.error(node.key_mark(key), "a NUL character is not allowed")
+                todo.append(value)
+            if node.is_seq:
+                todo.extend(node.value)
 
     # -- stanzas ---------------------------------------------------------------
 
@@ -568,15 +619,19 @@ class _PipelineParser:
             if key in f:
                 kw[attr] = r.string(f[key], f"{what} '{key}'")
         if "packages" in f:
-            kw["packages"] = tuple(
-                s for s, _ in r.string_list(f["packages"], f"{what} 'packages'") or ()
-            )
+            kw["packages"] = self.packages(f["packages"], what)
         if "snaps" in f:
             kw["snaps"] = self.snaps(f["snaps"], what)
         if "package-repositories" in f:
             kw["package_repositories"] = self.repositories(f["package-repositories"], what)
         if "environment" in f:
             env = r.string_map(f["environment"], f"{what} 'environment'", nullable=True)
+            for key in [k for k in env if not k or "=" in k]:
+                r.errors.error(
+                    f["environment"].key_mark(key),
+                    f"{what} 'environment': {key!r} is not a variable name (empty, or has '=')",
+                )
+                del env[key]
             kw["environment"] = tuple(env.items())
         if "output" in f:
             kw["output"] = self.output(f["output"], what)
@@ -642,6 +697,27 @@ class _PipelineParser:
                 marks.append(entry.mark)
         return tuple(out), tuple(marks)
 
+    def packages(self, node: Node, what: str) -> tuple[str, ...]:
+        """Package names: each is one argument of the pool's ``package-install`` command."""
+        out: list[str] = []
+        for package, entry in self.r.string_list(node, f"{what} 'packages'") or ():
+            error = package_error(package)
+            if error:
+                self.r.fail(entry, f"{what} 'packages': {package!r} {error}")
+            else:
+                out.append(package)
+        return tuple(out)
+
+    def snap_name(self, node: Node, name: str | None, what: str) -> str | None:
+        if name is not None and not SNAP_NAME_RE.match(name):
+            self.r.fail(
+                node,
+                f"{what} snap {name!r}: a snap name is 1 to 40 lower-case ASCII letters, "
+                "digits and single '-' between them",
+            )
+            return None
+        return name
+
     def snaps(self, node: Node, what: str) -> tuple[Snap, ...]:
         if not node.is_seq:
             self.r.fail(node, f"{what} 'snaps': expected a list, got {describe(node)}")
@@ -649,17 +725,28 @@ class _PipelineParser:
         out: list[Snap] = []
         for entry in node.value:
             if isinstance(entry.value, str):
-                out.append(Snap(entry.value, classic=True))  # lpci's old short form
+                short = self.snap_name(entry, entry.value, what)
+                if short is not None:
+                    out.append(Snap(short, classic=True))  # lpci's old short form
                 continue
             fields = self.r.mapping(entry, f"{what} snap", SNAP_KEYS, required=("name",))
             if fields is None or "name" not in fields:
                 continue
-            snap_name = self.r.string(fields["name"], f"{what} snap 'name'")
+            snap_name = self.snap_name(
+                fields["name"], self.r.string(fields["name"], f"{what} snap 'name'"), what
+            )
             channel = (
                 self.r.string(fields["channel"], f"{what} snap 'channel'")
                 if "channel" in fields
                 else "latest/stable"
             )
+            if channel is not None and not SNAP_CHANNEL_RE.match(channel):
+                self.r.fail(
+                    fields["channel"],
+                    f"{what} snap channel {channel!r}: expected letters, digits, '.', '_', "
+                    "'/', '+' or '-', starting with a letter or digit",
+                )
+                channel = None
             classic = (
                 self.r.boolean(fields["classic"], f"{what} snap 'classic'")
                 if "classic" in fields
@@ -785,6 +872,7 @@ class _PipelineParser:
             r.errors.error(
                 pipeline.mark, f"too many job instances ({count}; at most {MAX_INSTANCES})"
             )
+            return
         staged = {name for stage in pipeline.stages for name in stage}
         for job in pipeline.jobs:
             if job.input is None or job.name not in staged:

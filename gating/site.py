@@ -87,6 +87,16 @@ everyone may act (the embedded default)::
       admins: [alice]                    # users given the role 'admins'
       admin-groups: [gating-admins]      # groups (of the login's user info) given it
 
+Change hooks: URLs of the web server (``/change_hook/DIALECT``) where a forge posts its
+changes instead of waiting for a poll. Each one listed is enabled, and only for calls
+signed with its secret (a Buildbot secret name, never the secret; a missing, empty or
+short secret file is an error when the master loads the configuration)::
+
+    change-hooks:
+      gating: {secret: hook-gating}      # POST /change_hook/gating: one JSON change,
+                                         # X-Gating-Signature: sha256=HMAC (gating.changehooks)
+      github: {secret: hook-github}      # Buildbot's GitHub dialect, strict: X-Hub-Signature
+
 The event stanzas ``koji-events``, ``composes``, ``task-repos`` and ``mail`` are documented
 in :mod:`gating.siteevents`.
 
@@ -101,6 +111,7 @@ from pathlib import Path
 
 from gating import siteevents
 from gating.backend import BackendConfig
+from gating.changehooks import DIALECTS, ChangeHook
 from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark, did_you_mean
 from gating.inventory import Inventory, Worker, load_inventory
 from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, Pipeline, load_pipeline_file
@@ -137,6 +148,7 @@ SITE_KEYS = frozenset(
         "task-repos",
         "mail",
         "web",
+        "change-hooks",
     }
 )
 PROJECT_KEYS = frozenset({"name", "repository", "branches", "queue"})
@@ -294,6 +306,7 @@ class Site:
     task_repos: TaskRepoConfig | None = None
     mail: MailConfig | None = None
     web: WebConfig | None = None
+    change_hooks: tuple[ChangeHook, ...] = ()
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
@@ -380,6 +393,8 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         kw["multi_master"] = _multi_master(r, f["multi-master"], f, kw)
     if "web" in f:
         kw["web"] = _web(r, f["web"])
+    if "change-hooks" in f:
+        kw["change_hooks"] = _change_hooks(r, f["change-hooks"])
     return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
 
 
@@ -552,6 +567,51 @@ def _web_users(r: Reader, node: Node) -> tuple[WebUser, ...]:
         else:
             out.append(WebUser(name, secret, value.mark))
     return tuple(out) if ok else ()
+
+
+CHANGE_HOOK_KEYS = frozenset({"secret"})
+
+
+def _change_hooks(r: Reader, node: Node) -> tuple[ChangeHook, ...]:
+    """Each hook listed is enabled and needs a ``secret``: no hook takes unsigned calls."""
+    if not node.is_map:
+        r.fail(
+            node,
+            "'change-hooks': expected a mapping of dialects to settings (e.g. "
+            f"{{gating: {{secret: hook-gating}}}}), got {describe(node)}",
+        )
+        return ()
+    out = []
+    for dialect, value in node.items():
+        if dialect not in DIALECTS:
+            r.errors.error(
+                node.key_mark(dialect),
+                f"change-hooks: unknown dialect '{dialect}'{did_you_mean(dialect, DIALECTS)} "
+                f"(dialects: {', '.join(DIALECTS)})",
+            )
+            continue
+        what = f"change hook '{dialect}'"
+        if value.value is None:
+            r.fail(
+                value,
+                f"{what}: needs a 'secret' (the name of the Buildbot secret it is signed "
+                "with); a change hook never takes unsigned calls",
+            )
+            continue
+        f = r.mapping(value, what, CHANGE_HOOK_KEYS, required=("secret",))
+        if not f or "secret" not in f:
+            continue
+        secret = f["secret"].value
+        if not isinstance(secret, str) or not SECRET_NAME_RE.match(secret):
+            # not echoed: it may be the secret itself, pasted by mistake
+            r.fail(
+                f["secret"],
+                f"{what} 'secret': expected the name of a Buildbot secret (a file name in "
+                "'secrets-dir': letters, digits, '.', '_', '-'), never the secret itself",
+            )
+            continue
+        out.append(ChangeHook(dialect, secret, f["secret"].mark))
+    return tuple(out)
 
 
 def _port(r: Reader, node: Node, key: str) -> int | str | None:

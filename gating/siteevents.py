@@ -66,7 +66,7 @@ EXPECTED_KEYS = frozenset({"subvariant", "type", "arch"})
 TASK_REPO_KEYS = frozenset({"url", "arch", "branches", "default-branch", "timeout"})
 MAIL_KEYS = frozenset({"relay", "port", "from", "to", "user", "password-secret", "tls"})
 DEFAULT_NIGHTLY_TASKS = ("createImage", "createLiveCD", "createAppliance", "image", "livecd")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gating.commands import script_command
-from gating.diagnostics import Collector, Mark, did_you_mean
+from gating.diagnostics import Collector, Diagnostic, Mark, did_you_mean
+from gating.forge import branch_error
 from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, MAX_TIMEOUT
 from gating.yamltree import MAX_FILE_BYTES, Node, Reader, describe, load
 
@@ -83,10 +84,10 @@ SCHEDULING_KEYS = frozenset({"run"})
 INPUT_KEYS = frozenset({"args"})
 ACTION_KEYS = frozenset({"name", "shell"})
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # A task directory's name: it becomes a worker's working directory and appears in messages.
-DIRECTORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
-COMMIT_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+DIRECTORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*\Z")
+COMMIT_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
 # Fedora dist-git branches from a build's release (dist tag), first match wins:
 #   1.fc39 -> f39;  1.el9.next -> epel9-next;  1.el10_0 -> epel10.0 (EPEL 10 has a branch
@@ -229,7 +230,7 @@ def discover(root: Path) -> tuple[list[Task], list[TaskError]]:
 
 
 def _error(directory: str, display: str, message: str) -> TaskError:
-    return TaskError(directory, display, (f"{Mark(display)}: {message}",))
+    return TaskError(directory, display, (str(Diagnostic(Mark(display), message)),))
 
 
 def _load_task(
@@ -268,10 +269,19 @@ def _load_task(
     except OSError as exc:
         errors.error(where, f"cannot read {filename}: {exc.strerror}")
         return None
+    return parse_task(data, directory, display, errors)
+
+
+def parse_task(data: str | bytes, directory: str, display: str, errors: Collector) -> Task | None:
+    """Read the text of a ``runtask.yaml``: the task of ``directory``, or None when the
+    text has any problem; every problem goes to ``errors`` as ``display:LINE:COLUMN:
+    message``."""
+    before = len(errors.diagnostics)
     node = load(data, display, errors)
     if node is None:
         return None
-    return _TaskParser(Reader(errors)).parse(node, directory, display)
+    task = _TaskParser(Reader(errors)).parse(node, directory, display)
+    return task if len(errors.diagnostics) == before else None
 
 
 class _TaskParser:
@@ -442,14 +452,9 @@ def for_event(tasks: Iterable[Task], event_type: str) -> list[Task]:
 
 
 def valid_branch(name: str) -> bool:
-    """Whether ``name`` is a branch name git accepts (``git check-ref-format --branch``)."""
-    if not name or name.startswith("-") or name == "@" or name.endswith((".", "/", ".lock")):
-        return False
-    if any(ord(c) < 0x20 or c in " ~^:?*[\\\x7f" for c in name):
-        return False
-    if ".." in name or "@{" in name or "//" in name or name.startswith("/"):
-        return False
-    return not any(part.startswith(".") or part.endswith(".lock") for part in name.split("/"))
+    """Whether ``name`` is a branch name git accepts (``git check-ref-format --branch``);
+    the rules are :func:`gating.forge.branch_error`'s."""
+    return branch_error(name) is None
 
 
 def branch_for_release(

@@ -18,11 +18,16 @@ import yaml
 
 from gating.diagnostics import Collector, Mark, did_you_mean
 
-MAX_FILE_BYTES = 1024 * 1024
-MAX_VALUES = 100_000
+# Limits that keep a hostile or mistaken file from exhausting the master; each is an
+# error with the file's name and the place (FILE:LINE:COLUMN), never an exception.
+MAX_FILE_BYTES = 1024 * 1024  # the file's size, in bytes (UTF-8)
+MAX_VALUES = 100_000  # values built, each use of an alias counted again
+MAX_DEPTH = 32  # lists and mappings inside one another
+MAX_NUMBER_CHARS = 100  # an integer or number written with more characters (quote text)
 
 
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+_NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
 
 
 class _TooManyValues(Exception):
@@ -104,13 +109,18 @@ class _Builder:
         self.constructor = yaml.constructor.SafeConstructor()
         self.count = 0
 
-    def build(self, node: yaml.Node) -> Node:
+    def build(self, node: yaml.Node, depth: int = 1) -> Node:
+        """``node`` as a :class:`Node`; ``depth``: how many lists and mappings it is in,
+        itself included."""
         # Aliases are expanded, so count every value built: a few lines of nested
         # aliases ("billion laughs") must not exhaust the master.
         self.count += 1
         if self.count > MAX_VALUES:
             raise _TooManyValues()
         mark = _mark(self.filename, node.start_mark)
+        if isinstance(node, yaml.CollectionNode) and depth > MAX_DEPTH:
+            self.errors.error(mark, _too_deep_message())
+            return Node(None, mark)
         if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
             # e.g. "!!python/object/apply:os.system [...]" or "!!set": never a plain list
             self.errors.error(
@@ -139,7 +149,7 @@ class _Builder:
                                 "merge key ('<<') expects a mapping or a list of mappings",
                             )
                             continue
-                        built = self.build(source)
+                        built = self.build(source, depth + 1)
                         for key, value in built.items():
                             if key not in merged:
                                 merged[key] = value
@@ -149,7 +159,7 @@ class _Builder:
                     isinstance(key_node, yaml.ScalarNode)
                     and key_node.tag == "tag:yaml.org,2002:str"
                 ):
-                    got = describe(self.build(key_node))
+                    got = describe(self.build(key_node, depth + 1))
                     self.errors.error(kmark, f"keys must be strings, got {got}")
                     continue
                 key = key_node.value
@@ -162,7 +172,7 @@ class _Builder:
                     )
                     continue
                 key_marks[key] = kmark
-                values[key] = self.build(value_node)
+                values[key] = self.build(value_node, depth + 1)
             if merged:
                 for key in merged.keys() - values.keys():
                     key_marks[key] = merged_marks[key]
@@ -172,7 +182,16 @@ class _Builder:
                 }
             return Node(values, mark, key_marks)
         if isinstance(node, yaml.SequenceNode):
-            return Node([self.build(v) for v in node.value], mark)
+            return Node([self.build(v, depth + 1) for v in node.value], mark)
+        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+            # PyYAML's sexagesimal integers (1:0:0...) take quadratic time to build, and
+            # Python refuses to print an integer of more than 4,300 digits.
+            self.errors.error(
+                mark,
+                f"bad value: a number of more than {MAX_NUMBER_CHARS} characters "
+                "(quote it if it is text)",
+            )
+            return Node(None, mark)
         try:
             value = self.constructor.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
@@ -183,6 +202,34 @@ class _Builder:
             self.errors.error(mark, f"bad value '{node.value}': {exc}")
             value = None
         return Node(value, mark)
+
+
+def _too_deep_message() -> str:
+    return f"nested too deeply (more than {MAX_DEPTH} levels of lists and mappings)"
+
+
+def _too_deep_mark(text: str) -> yaml.Mark | None:
+    """Where ``text`` first nests lists and mappings more than :data:`MAX_DEPTH` deep,
+    found with the pure-Python parser's events: unlike the composer it does not recurse,
+    and unlike libyaml's it has no nesting limit of its own."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return event.start_mark
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return None
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """The line and column (from 1) of the character at ``index`` of ``text``."""
+    index = max(0, min(index, len(text)))
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
 # libyaml's parser (PyYAML's C extension) composes the same nodes ~10x faster than the
@@ -199,16 +246,17 @@ def _compose(text: str) -> yaml.Node | None:
     if _FAST_LOADER is not None and "\t" not in text:
         try:
             return yaml.compose(text, Loader=_FAST_LOADER)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeEncodeError):  # e.g. a lone surrogate in a str
             pass
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 def load(text: str | bytes, filename: str, errors: Collector) -> Node | None:
     """Parse one YAML document; syntax errors go to ``errors`` with their place."""
-    if len(text) > MAX_FILE_BYTES:
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_BYTES:
         errors.error(
-            Mark(filename), f"file is too large ({len(text)} bytes; the limit is {MAX_FILE_BYTES})"
+            Mark(filename), f"file is too large ({size} bytes; the limit is {MAX_FILE_BYTES})"
         )
         return None
     if isinstance(text, bytes):
@@ -225,7 +273,15 @@ def load(text: str | bytes, filename: str, errors: Collector) -> Node | None:
     try:
         tree = _compose(text)
     except RecursionError:
-        errors.error(Mark(filename), "file is nested too deeply")
+        errors.error(_mark(filename, _too_deep_mark(text)), _too_deep_message())
+        return None
+    except yaml.reader.ReaderError as exc:
+        # a character YAML does not allow (control characters, lone surrogates...)
+        line, column = _position(text, exc.position)
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "character"
+        errors.error(
+            Mark(filename, line, column), f"YAML error: unacceptable character {what}: {exc.reason}"
+        )
         return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -267,7 +323,7 @@ def load(text: str | bytes, filename: str, errors: Collector) -> Node | None:
             f"file has more than {MAX_VALUES} values (counting each use of an alias)",
         )
     except RecursionError:
-        errors.error(Mark(filename), "file is nested too deeply")
+        errors.error(Mark(filename), _too_deep_message())
     return None
 
 

@@ -481,3 +481,121 @@ def test_an_unreachable_master_is_said_so(monkeypatch, capsys):
     assert capsys.readouterr().err.startswith(
         "gating approve: cannot reach the master at http://127.0.0.1:9/: "
     )
+
+
+# -- gating notify: a signed change for the gating change hook ----------------------------
+
+HOOK_SECRET = "the-hook-secret-0123456789abcdef"
+
+
+class FakeHookMaster(http.server.BaseHTTPRequestHandler):
+    """Buildbot's ``/change_hook/gating`` with gating.webhooks' checks: 202 and Buildbot's
+    text when the change is recorded, 400 and the refusal otherwise."""
+
+    server: "FakeMasterServer"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        from gating.changehooks import HookRefused, parse_change, verify
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            if self.path != "/change_hook/gating":
+                raise HookRefused(f"no dialect at {self.path}")
+            verify(HOOK_SECRET, body, self.headers.get("X-Gating-Signature"))
+            change = parse_change(body, {"nova-distgit": "/srv/git/nova-distgit.git"})
+        except HookRefused as exc:
+            code, text = 400, str(exc)
+        else:
+            self.server.requests.append(change)
+            code, text = 202, "1 change found"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(text.encode())))
+        self.end_headers()
+        self.wfile.write(text.encode())
+
+
+@pytest.fixture
+def hook_master(monkeypatch):
+    monkeypatch.delenv("GATING_HOOK_SECRET", raising=False)
+    server = FakeMasterServer(("127.0.0.1", 0), FakeHookMaster)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("GATING_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+NOTIFY = ["notify", "nova-distgit", "refs/heads/rdo-liberty", "c" * 40, "--author", "A <a@b>"]
+
+
+def test_notify_signs_the_change_with_the_secret_from_the_environment(
+    hook_master, monkeypatch, capsys
+):
+    monkeypatch.setenv("GATING_HOOK_SECRET", HOOK_SECRET)
+    argv = [*NOTIFY, "--comments", "Update\n\nbody", "--file", "a.spec", "--file", "sources"]
+    assert main([*argv, "--property", "pusher=alice", "--category", "push"]) == 0
+    assert capsys.readouterr().out == "1 change found\n"
+    assert hook_master.requests == [
+        {
+            "project": "nova-distgit",
+            "branch": "rdo-liberty",
+            "revision": "c" * 40,
+            "author": "A <a@b>",
+            "repository": "/srv/git/nova-distgit.git",
+            "comments": "Update\n\nbody",
+            "files": ["a.spec", "sources"],
+            "category": "push",
+            "properties": {"pusher": "alice"},
+        }
+    ]
+
+
+def test_notify_reads_the_secret_file_as_buildbot_reads_it(hook_master, tmp_path, capsys):
+    secret = tmp_path / "hook-gating"
+    secret.write_text(HOOK_SECRET + "\n")
+    assert main([*NOTIFY, "--secret-file", str(secret)]) == 0
+    assert len(hook_master.requests) == 1
+
+
+def test_notify_with_another_secret_prints_the_refusal(hook_master, monkeypatch, capsys):
+    monkeypatch.setenv("GATING_HOOK_SECRET", "not-the-hook-secret-0000000000")
+    assert main(NOTIFY) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gating notify: HTTP 400: wrong X-Gating-Signature")
+    assert "not-the-hook-secret" not in err
+    assert hook_master.requests == []
+
+
+def test_notify_of_an_invalid_change_prints_the_masters_reasons(hook_master, monkeypatch, capsys):
+    monkeypatch.setenv("GATING_HOOK_SECRET", HOOK_SECRET)
+    assert main(["notify", "keystone", "main", "abc", "--author", "A"]) == 1
+    assert capsys.readouterr().err == (
+        "gating notify: HTTP 400: invalid change notification: 'project': 'keystone' is not a "
+        "project of this master; 'revision': 'abc' is not a full commit id (40 or 64 "
+        "lowercase hex digits)\n"
+    )
+
+
+def test_notify_needs_a_secret_and_never_takes_it_on_the_command_line(hook_master, capsys):
+    assert main(NOTIFY) == 1
+    assert capsys.readouterr().err == (
+        "gating notify: no secret: set $GATING_HOOK_SECRET or use --secret-file FILE\n"
+    )
+    with pytest.raises(SystemExit):
+        main([*NOTIFY, "--secret", HOOK_SECRET])  # nor an abbreviated --secret-file
+    assert "unrecognized arguments: --secret" in capsys.readouterr().err
+    assert hook_master.requests == []
+
+
+def test_notify_to_an_unreachable_master_is_said_so(monkeypatch, capsys):
+    monkeypatch.setenv("GATING_HOOK_SECRET", HOOK_SECRET)
+    assert main([*NOTIFY, "--url", "http://127.0.0.1:9/"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "gating notify: cannot reach the master at http://127.0.0.1:9/: "
+    )

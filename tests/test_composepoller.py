@@ -25,7 +25,8 @@ def test_report_paths_refuse_ids_that_are_not_file_names(tmp_path):
     assert (
         report_path(tmp_path, "Fedora-41-20261101.n.0") == tmp_path / "Fedora-41-20261101.n.0.json"
     )
-    for bad in ("../etc/passwd", "a/b", "", ".hidden"):
+    # "x\n": regression, the id check ended in '$', which matches before a final newline
+    for bad in ("../etc/passwd", "a/b", "", ".hidden", "Fedora-41\n", "-x"):
         with pytest.raises(ValueError, match="not a compose id"):
             report_path(tmp_path, bad)
 

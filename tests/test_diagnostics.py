@@ -27,6 +27,13 @@ def test_diagnostic_prints_mark_then_message():
     assert str(d) == "f.yaml:3:5: unknown key 'x'"
 
 
+def test_a_diagnostic_stays_one_line_whatever_the_file_held():
+    # a key such as "x\nother.yaml:1:1: fake" must not print a second, forged diagnostic
+    d = Diagnostic(Mark("f.yaml", 3, 5), "job name 'x\nother.yaml:1:1: fake\r\t\x00\u2028'")
+    assert str(d) == "f.yaml:3:5: job name 'x\\nother.yaml:1:1: fake\\r\\t\\x00\\u2028'"
+    assert str(ConfigError([d])).count("\n") == 0
+
+
 def test_config_error_sorts_its_diagnostics_by_place():
     err = ConfigError(
         [

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gating import forge as forgemod
 from gating.forge import (
@@ -31,6 +33,7 @@ from gating.forge import (
     publish,
     speculative_merge,
 )
+from tests.support.badinput import BAD_INPUT, HOSTILE
 
 ZERO = "0" * 40
 CHANGE_ID = "I" + "0123456789abcdef" * 2 + "01234567"
@@ -508,6 +511,24 @@ def test_merge_is_a_compare_and_swap(site, tmp_path):
     assert site.forge.branch_tip("nova", "main") == again.commit
 
 
+def test_branch_contains_a_merged_commit_also_after_the_branch_moved_on(site, tmp_path):
+    """What the export journal's recovery asks: is the change merged already?"""
+    a = site.propose({"a.txt": "a\n"}, "Add a\n")
+    b = site.propose({"b.txt": "b\n"}, "Add b\n")
+    assert not forgemod.branch_contains(site.repo, "main", a.revision)
+    site.forge.merge("nova", "main", a.revision, a.parent)
+    assert forgemod.branch_contains(site.repo, "main", a.revision)
+    work = tmp_path / "work"
+    later = speculative_merge(work, site.repo, "main", a.revision, [(b.key, b.revision)])
+    publish(site.repo, work, later.commit, "refs/gating/rdo/2/1")
+    site.forge.merge("nova", "main", later.commit, a.revision)
+    assert forgemod.branch_contains(site.repo, "main", a.revision)  # an ancestor now
+    assert not forgemod.branch_contains(site.repo, "nosuch", a.revision)
+    assert not forgemod.branch_contains(site.repo, "main", "3" * 40)  # not in the repo
+    with pytest.raises(ForgeError, match="invalid commit"):
+        forgemod.branch_contains(site.repo, "main", "HEAD")
+
+
 def test_merge_refuses_what_is_not_a_fast_forward_or_not_there(site, tmp_path):
     a = site.propose({"a.txt": "a\n"}, "Add a\n")
     b = site.propose({"b.txt": "b\n"}, "Add b\n")
@@ -655,6 +676,183 @@ def test_invalid_ref_names_are_refused_before_anything_runs(site, tmp_path, monk
         with pytest.raises(ForgeError, match="invalid branch"):
             site.forge.branch_tip("nova", bad)
     assert not list(tmp_path.rglob("pwned"))
+
+
+class Recorder:
+    """subprocess.run of gating.forge, recorded: (argv, keyword arguments) of each call."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[tuple[list[str], dict]] = []
+        real = subprocess.run
+
+        def run(argv, **kwargs):
+            self.calls.append((argv, kwargs))
+            return real(argv, **kwargs)
+
+        monkeypatch.setattr(forgemod.subprocess, "run", run)
+
+    def argv(self, *words: str) -> list[list[str]]:
+        """The argv of every call that has all ``words`` as arguments."""
+        return [argv for argv, _ in self.calls if all(w in argv for w in words)]
+
+
+# A name git takes as a branch, full of shell syntax.
+SHELL_BRANCH = "x$(touch${IFS}pwned)`id`;y|z&&w>v'\"<u"
+
+
+def test_hostile_branch_and_message_are_single_arguments_of_git(site, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clone = site.clone()
+    assert push(clone, f"HEAD:refs/heads/{SHELL_BRANCH}").returncode == 0
+    git(clone, "fetch", "-q", "origin")
+    git(clone, "checkout", "-q", "-b", "work", f"origin/{SHELL_BRANCH}")
+    rev = commit(clone, {"-f; $(touch pwned)": "x\n"}, "$(touch pwned)\n\n--upload-pack=x\n")
+    assert push(clone, f"HEAD:refs/for/{SHELL_BRANCH}").returncode == 0
+    key = site.forge.change("nova", 1).key
+    calls = Recorder(monkeypatch)
+
+    base = site.forge.branch_tip("nova", SHELL_BRANCH)
+    work = tmp_path / "work"
+    merged = speculative_merge(work, site.repo, SHELL_BRANCH, base, [(key, rev)]).commit
+    publish(site.repo, work, merged, f"refs/gating/{SHELL_BRANCH}/1/1")
+    site.forge.merge("nova", SHELL_BRANCH, merged, base)
+
+    git_dir = f"--git-dir={site.repo}"
+    assert calls.argv(f"refs/heads/{SHELL_BRANCH}^{{commit}}")[0] == [
+        "git",
+        git_dir,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"refs/heads/{SHELL_BRANCH}^{{commit}}",
+    ]
+    assert calls.argv("merge", "--no-ff") == [
+        [
+            "git",
+            "merge",
+            "--no-ff",
+            "--no-edit",
+            "--no-verify",
+            "--no-signoff",
+            "-m",
+            f"Merge change nova~1 into {SHELL_BRANCH}\n",
+            rev,
+        ]
+    ]
+    assert calls.argv("update-ref") == [
+        [
+            "git",
+            git_dir,
+            "update-ref",
+            "-m",
+            f"gating: merge {merged}",
+            f"refs/heads/{SHELL_BRANCH}",
+            merged,
+            base,
+        ]
+    ]
+    for argv, kwargs in calls.calls:
+        assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+        assert not kwargs.get("shell")
+        # the branch is only ever inside one argument: a ref name or a message
+        for arg in argv:
+            assert SHELL_BRANCH not in arg or arg.startswith(
+                ("refs/heads/", "Merge change ", f"+{merged}:refs/gating/")
+            )
+    assert not list(tmp_path.rglob("pwned"))
+
+
+@pytest.mark.parametrize("branch", [b for b in HOSTILE if forgemod.branch_error(b)])
+def test_hostile_branches_git_would_misread_are_refused_before_git_runs(
+    site, tmp_path, monkeypatch, branch
+):
+    base = site.forge.branch_tip("nova", "main")
+    calls = Recorder(monkeypatch)
+    with pytest.raises(ForgeError, match="invalid branch"):
+        site.forge.branch_tip("nova", branch)
+    with pytest.raises(ForgeError, match="invalid branch"):
+        speculative_merge(tmp_path / "w", site.repo, branch, base, [])
+    with pytest.raises(ForgeError, match="invalid branch"):
+        site.forge.merge("nova", branch, base, base)
+    with pytest.raises(ForgeError, match="invalid branch"):
+        site.forge.record_push("nova", f"refs/for/{branch}", ZERO, base)
+    if forgemod.branch_error(f"gating/{branch}"):  # '-x' is fine inside refs/gating/
+        with pytest.raises(ForgeError, match="invalid branch"):
+            publish(site.repo, tmp_path / "w", base, f"refs/gating/{branch}")
+    assert calls.calls == [] or all(
+        branch not in " ".join(argv) for argv, _ in calls.calls
+    )  # only the repository checks of _repo() ran, never with the branch
+
+
+def test_options_and_lines_are_refused_where_git_wants_a_repository_or_a_commit(
+    site, tmp_path, monkeypatch
+):
+    base = site.forge.branch_tip("nova", "main")
+    calls = Recorder(monkeypatch)
+    # a URL or host:path that is an option is refused; anything else is a local path
+    for repo in ("--upload-pack=touch pwned:x", "-oProxyCommand=touch pwned:x"):
+        with pytest.raises(ForgeError, match="invalid repository"):
+            speculative_merge(tmp_path / "w", repo, "main", base, [])
+    assert forgemod._repo_arg("--upload-pack=touch pwned") == str(
+        Path.cwd() / "--upload-pack=touch pwned"
+    )
+    # regression: the id checks ended in '$', which also matches before a final newline
+    for oid in (base + "\n", "--all", "HEAD", base.upper() + "x"):
+        with pytest.raises(ForgeError, match="expected a full hexadecimal commit id"):
+            speculative_merge(tmp_path / "w", site.repo, "main", oid, [])
+        with pytest.raises(ForgeError, match="expected a full hexadecimal commit id"):
+            site.forge.merge("nova", "main", oid, base)
+    assert calls.calls == [] or all("--upload-pack" not in " ".join(a) for a, _ in calls.calls)
+    for name in ("nova\n", "-nova", "--upload-pack=x", "../nova"):
+        with pytest.raises(ForgeError, match="invalid project name"):
+            site.forge.branch_tip(name, "main")
+
+
+def test_a_100_kb_branch_name_is_one_argument_and_no_branch(site, monkeypatch):
+    long = "x" * 100_000
+    calls = Recorder(monkeypatch)
+    with pytest.raises(ForgeError, match="has no branch"):
+        site.forge.branch_tip("nova", long)
+    assert [argv[2:] for argv, _ in calls.calls] == [
+        ["rev-parse", "--verify", "--quiet", f"refs/heads/{long}^{{commit}}"]
+    ]
+
+
+def test_a_branch_name_must_be_utf8():
+    assert forgemod.branch_error("caf\udce9") == "a branch name must be UTF-8 text"
+    assert forgemod.branch_error("café") is None
+
+
+def _git_accepts_branch(name: str) -> bool:
+    proc = subprocess.run(
+        ["git", "check-ref-format", "--branch", name],
+        capture_output=True,
+        env=forgemod.git_env(),
+        cwd=os.devnull.rsplit("/", 1)[0] or "/",
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+_REF_PIECES = st.sampled_from(
+    [*"ab.-/@{}~^:?*[\\ \t\n\x7f\x01", "lock", "HEAD", "é", "\udce9", "refs/", "$(x)"]
+)
+
+
+@settings(BAD_INPUT, max_examples=300)  # each example runs git
+@given(st.lists(_REF_PIECES, max_size=8).map("".join))
+def test_branch_names_the_forge_accepts_are_branch_names_git_accepts(name):
+    """branch_error() is git check-ref-format --branch, a little stricter: it also refuses
+    '@' (which git expands to the current branch) and names that are not UTF-8."""
+    if "\0" in name:
+        assert forgemod.branch_error(name)
+        return
+    ours = forgemod.branch_error(name) is None
+    git_ok = _git_accepts_branch(name)
+    if ours:
+        assert git_ok, name
+    elif git_ok:
+        assert name == "@" or forgemod.branch_error(name) == "a branch name must be UTF-8 text"
 
 
 # -- concurrency -------------------------------------------------------------------------

@@ -647,6 +647,9 @@ def test_git_gets_credentials_in_its_environment_only(tmp_path):
         ("a/../b", False),
         ("", False),
         ("x y", False),
+        # regression: the name check ended in '$', which also matches before a final newline
+        ("nova\n", False),
+        ("rpms/nova\n", False),
     ],
 )
 def test_project_names(name, ok):

@@ -185,3 +185,12 @@ def test_load_inventory_reads_the_file(tmp_path):
     inv = load_inventory(path, "w.yaml", errors)
     assert not errors
     assert (inv.file, inv.workers[0].arch) == ("w.yaml", "ppc64le")
+
+
+def test_a_worker_name_with_a_final_newline_is_an_error():
+    # regression: the name check ended in '$', which also matches before a final newline
+    _, errors = parse('workers:\n  - {name: "w1\\n", arch: x86_64}\n')
+    assert errors == [
+        "workers.yaml:2:12: worker name 'w1\\n': use at most 50 ASCII letters, digits, '_' "
+        "or '-', not starting with a digit"
+    ]

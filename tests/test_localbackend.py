@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from gating import localbackend
 from gating.localbackend import (
     BackendError,
     BuildFailed,
@@ -685,3 +686,37 @@ def test_hostile_inputs_never_reach_a_shell(tmp_path, rpmbuild_wrapper, spy_pope
         assert args[0] not in ("sh", "bash", "/bin/sh", "/bin/bash")
     # ... and the hostile path reached git as one argument.
     assert any(str(dg.path) in args for args, _ in spy_popen)
+
+
+def test_the_checkout_gives_git_the_repository_and_commit_as_single_arguments(
+    tmp_path, monkeypatch
+):
+    calls: list[list[str]] = []
+
+    def run_logged(argv, log, **kwargs):
+        calls.append(list(argv))
+        return 0
+
+    monkeypatch.setattr(localbackend, "_run_logged", run_logged)
+    backend = LocalBackend(tmp_path / "root")
+    repo = "/srv/dist git/$(touch pwned);`id`|x&&y\t'\""
+    commit = "0123456789abcdef" * 2 + "01234567"
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(work / "log", "ab") as log:
+        checkout = str(backend._checkout("hello", repo, commit, work, log))
+    git = ["git", "-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"]
+    assert calls == [
+        [*git, "init", "-q", "--template=", checkout],
+        [*git, "-C", checkout, "fetch", "-q", "--no-tags", "--", repo, commit],
+        [*git, "-C", checkout, "-c", "advice.detachedHead=false"]
+        + ["checkout", "-q", "--detach", commit, "--"],
+    ]
+
+
+@pytest.mark.parametrize("repo", ["-x", "--upload-pack=touch pwned", "a\nb", "a\0b", ""])
+def test_a_repository_git_would_read_as_an_option_or_lines_is_refused(tmp_path, repo, spy_popen):
+    backend = LocalBackend(tmp_path / "root")
+    with pytest.raises(InvalidInput, match="invalid repository"):
+        backend.build("hello", repo, "a" * 40, scratch=True)
+    assert spy_popen == []

@@ -3,6 +3,7 @@ itself accepts; step names and arguments are pinned."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -372,3 +373,126 @@ def test_a_hashed_or_world_readable_htpasswd_is_a_config_error(basedir, tmp_path
         f"{conf}/gating.yaml:{lines + 2}:20: web auth 'htpasswd': cannot read {htpasswd}: "
         "No such file or directory"
     ]
+
+
+# -- change-hooks: signed dialects only ------------------------------------------------
+
+
+def test_without_change_hooks_no_dialect_is_enabled(basedir):
+    config = gmaster.buildmaster_config(str(basedir), str(DEMO))
+    assert config["www"]["change_hook_dialects"] == {}
+
+
+def test_change_hooks_become_signed_dialects_that_never_hold_the_secret(basedir, tmp_path):
+    conf = web_site(
+        tmp_path,
+        "change-hooks:\n  gating: {secret: hook-gating}\n  github: {secret: hook-github}\n",
+    )
+    write_secret(basedir, "hook-gating", "gating-hook-s3cret-value\n")
+    write_secret(basedir, "hook-github", "github-hook-s3cret-value")
+    config = gmaster.buildmaster_config(str(basedir), str(conf))
+    loaded = MasterConfig.loadFromDict(config, "master.cfg")
+    dialects = loaded.www["change_hook_dialects"]
+    assert set(dialects) == {"gating", "github"}
+    assert dialects["github"]["strict"] is True
+    assert dialects["github"]["secret"].secret_name == "hook-github"
+    assert dialects["gating"]["secret"].secret_name == "hook-gating"
+    # the repository of a hook's change is the one the poller and the jobs use
+    forge = basedir.resolve() / "git" / "sample-distgit.git"
+    assert dialects["gating"]["projects"] == (("sample-distgit", str(forge)),)
+    # the secrets provider the dialects render their secret with at each call
+    (provider,) = config["secretsProviders"]
+    assert provider._dirname == str(basedir.resolve() / "secrets")
+    text = repr(config) + repr(loaded.www) + repr(vars(loaded))
+    assert "s3cret" not in text
+
+
+def test_a_missing_or_short_hook_secret_is_an_error_naming_hook_and_secret(basedir, tmp_path):
+    conf = web_site(
+        tmp_path,
+        "change-hooks:\n  gating: {secret: hook-gating}\n  github: {secret: hook-github}\n",
+    )
+    write_secret(basedir, "hook-github", "s3cret\n")
+    with pytest.raises(ConfigErrors) as exc:
+        gmaster.buildmaster_config(str(basedir), str(conf))
+    site = conf / "gating.yaml"
+    lines = len((DEMO / "gating.yaml").read_text().splitlines())
+    assert exc.value.errors == [
+        f"{site}:{lines + 2}:20: change hook 'gating': no secret 'hook-gating' (no file "
+        f"{basedir.resolve()}/secrets/hook-gating)",
+        f"{site}:{lines + 3}:20: change hook 'github': secret 'hook-github' is shorter than "
+        "16 characters (make one with: openssl rand -hex 32)",
+    ]
+    assert "s3cret" not in str(exc.value)
+
+
+# -- hostile values in a job's commands ---------------------------------------------------
+
+
+def test_values_from_a_pipeline_file_are_single_arguments_of_list_commands():
+    from buildbot.process.properties import Properties
+
+    from gating.diagnostics import Collector
+    from gating.inventory import Inventory, Worker
+    from gating.pipeline import parse_pipeline
+
+    hostile = "$(touch pwned);`id`|x&&y 'q\"\\"
+    text = f"""\
+pipeline: [build, test]
+jobs:
+  build:
+    architectures: x86_64
+    output: {{paths: [{json.dumps(hostile + "/*.rpm")}]}}
+    run: make
+  test:
+    architectures: x86_64
+    packages: [{json.dumps(hostile)}, gcc]
+    snaps: [{{name: lxd, channel: 5.0/stable}}]
+    input: {{job-name: build, target-directory: {json.dumps("in " + hostile)}}}
+    environment: {{HOSTILE: {json.dumps(hostile)}}}
+    run: {json.dumps("echo " + hostile)}
+"""
+    errors = Collector()
+    pipeline = parse_pipeline(text, "p.yaml", "sample", errors)
+    assert not errors, errors.diagnostics
+    install = ("sudo", "dnf", "install", "-y")
+    inventory = Inventory((Worker("w1", "x86_64", package_install=install),))
+    build = gmaster.job_factory(pipeline, pipeline.job("build"), "x86_64", inventory)
+    test = gmaster.job_factory(pipeline, pipeline.job("test"), "x86_64", inventory)
+    commands = {
+        s.kwargs["name"]: s.kwargs["command"]
+        for f in (build, test)
+        for s in f.steps
+        if "command" in s.kwargs
+    }
+    rendered = commands.pop("install-packages").getRenderingFor(Properties(workername="w1"))
+    assert rendered.result == ["sudo", "dnf", "install", "-y", hostile, "gcc"]
+    assert commands["prepare-input"] == ["mkdir", "-p", "--", "in " + hostile]
+    assert commands["unpack-input"] == ["tar", "-xf", ".gating-input.tar", "-C", "in " + hostile]
+    assert commands["install-snap"] == ["snap", "install", "lxd", "--channel=5.0/stable"]
+    assert commands["collect-output"][5:] == ["collect-output", ".gating-output"] + [
+        hostile + "/*.rpm"
+    ]
+    assert commands["run"] == ["bash", "--noprofile", "--norc", "-ec", "echo " + hostile]
+    # every command is an argv list: Buildbot runs a list without a shell
+    assert all(
+        isinstance(c, list) and all(isinstance(a, str) for a in c) for c in commands.values()
+    )
+    env = next(s for s in test.steps if s.kwargs.get("name") == "run").kwargs["env"]
+    assert env["HOSTILE"] == hostile
+
+
+def test_the_local_backends_worker_build_steps_are_argv_lists():
+    from types import SimpleNamespace
+
+    backend = SimpleNamespace(defines=(("dist", ".el9"),), check_build_deps=True)
+    factory = gmaster.rpmbuild_factory(SimpleNamespace(backend=backend), Path("/srv/incoming"))
+    clone = step(factory, "clone").kwargs["command"]
+    checkout = step(factory, "checkout").kwargs["command"]
+    # the repository (the master's SCM mirror) is after '--'; the commit was checked to be
+    # a commit id (BackendService._ensure_scm) before the build was requested
+    assert clone[:5] == ["git", "clone", "-q", "--no-checkout", "--"] and clone[6] == "src"
+    assert checkout[:6] == ["git", "-C", "src", "checkout", "-q", "--detach"]
+    assert checkout[7] == "--"
+    for name in ("clean", "clone", "checkout", "rpmbuild"):
+        assert isinstance(step(factory, name).kwargs["command"], list)

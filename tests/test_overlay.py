@@ -55,6 +55,9 @@ def test_the_items_own_commit_wins_over_an_item_ahead_of_the_same_project():
         (ahead("nova~1", "nova", None), "item ahead #1 \\(nova~1\\) merge commit"),
         (ahead("nova~1", "nova", "HEAD"), "expected a full commit id"),
         (ahead("x~1", "../etc", C1), "expected a project name"),
+        # regression: the checks ended in '$', which also matches before a final newline
+        (ahead("nova~1", "nova", C1 + "\n"), "expected a full commit id"),
+        (ahead("x~1", "nova\n", C1), "expected a project name"),
     ],
 )
 def test_bad_ahead_entries_are_named(entry, message):

@@ -1,17 +1,33 @@
 """Tests of gating.pipeline: pipeline files (a superset of lpci's .launchpad.yaml) as models."""
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 
+from gating import arch as archmod
+from gating import commands
 from gating.diagnostics import Collector, ConfigError, Mark
 from gating.pipeline import (
+    BUILTIN_KINDS,
+    IDENTIFIER_RE,
+    INPUT_KEYS,
+    JOB_KEYS,
     MASTER_LANE,
+    MAX_ENTRIES,
     MAX_INSTANCES,
     MAX_JOBS,
     MAX_MATRIX_ENTRIES,
     MAX_TIMEOUT,
+    OUTPUT_KEYS,
+    PLUGIN_KEYS,
+    REPOSITORY_KEYS,
+    SNAP_KEYS,
+    TOP_KEYS,
+    TRIGGER_OPTIONS,
     InstanceId,
     Output,
     Snap,
@@ -19,6 +35,16 @@ from gating.pipeline import (
     load_pipelines,
     parse_pipeline,
     pipeline_name_for,
+)
+from gating.yamltree import MAX_DEPTH, MAX_FILE_BYTES
+from tests.support.badinput import (
+    BAD_INPUT,
+    HOSTILE,
+    any_text,
+    assert_located,
+    damaged,
+    rare,
+    yaml_documents,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -704,3 +730,351 @@ def test_broken_pipeline_file_gives_exactly_the_expected_errors(name):
 
 def test_every_expected_message_belongs_to_a_broken_file():
     assert sorted(expected_messages()) == [f"broken/{n}" for n in BROKEN]
+
+
+# -- limits --------------------------------------------------------------------------
+
+
+def test_a_file_over_the_size_limit_names_the_file():
+    text = "pipeline: [a1]\njobs:\n  a1: {architectures: amd64}\n" + "#" * MAX_FILE_BYTES
+    size = len(text.encode())
+    assert errors_of(text) == [
+        f"p1.yaml:1:1: file is too large ({size} bytes; the limit is {MAX_FILE_BYTES})"
+    ]
+
+
+def test_the_size_limit_counts_bytes_not_characters():
+    text = "pipeline: [a1]\njobs:\n  a1: {architectures: amd64}\n# " + "é" * (MAX_FILE_BYTES // 2)
+    assert len(text) < MAX_FILE_BYTES < len(text.encode())
+    assert errors_of(text)[0].startswith("p1.yaml:1:1: file is too large")
+
+
+def test_nesting_deeper_than_the_limit_is_an_error_at_the_deepest_list():
+    # the root mapping, jobs, a1, output and properties are 5 levels: list n is level 5 + n
+    deep = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    column = len("      properties: {k: ") + MAX_DEPTH + 1 - 5
+    assert errors_of(
+        f"pipeline: [a1]\njobs:\n  a1:\n    architectures: amd64\n    output:\n"
+        f"      properties: {{k: {deep}}}\n"
+    ) == [
+        f"p1.yaml:6:{column}: nested too deeply "
+        f"(more than {MAX_DEPTH} levels of lists and mappings)"
+    ]
+
+
+def test_nesting_up_to_the_limit_loads():
+    deep = "[" * (MAX_DEPTH - 5) + "]" * (MAX_DEPTH - 5)
+    ok(
+        f"pipeline: [a1]\njobs:\n  a1:\n    architectures: amd64\n    output:\n"
+        f"      properties: {{k: {deep}}}\n"
+    )
+
+
+def test_too_many_job_entries_in_a_pipeline_is_an_error_at_jobs():
+    entries = "".join(f"      - {{series: s{i:02}}}\n" for i in range(MAX_MATRIX_ENTRIES))
+    count = MAX_ENTRIES // MAX_MATRIX_ENTRIES + 1
+    jobs = "".join(
+        f"  j{n}:\n    architectures: amd64\n    matrix:\n" + entries for n in range(count)
+    )
+    assert errors_of("pipeline: [j0]\njobs:\n" + jobs) == [
+        f"p1.yaml:3:3: too many job entries ({count * MAX_MATRIX_ENTRIES}, each matrix entry "
+        f"counted; at most {MAX_ENTRIES})"
+    ]
+
+
+def test_a_pipeline_at_every_limit_loads_quickly():
+    """MAX_ENTRIES entries, MAX_INSTANCES instances, each taking another job's output: the
+    graph checks stay fast (they once scanned every entry for every instance)."""
+    per_job = MAX_MATRIX_ENTRIES // 2
+    producers = MAX_ENTRIES // per_job // 2
+    entry = "".join(f"      - {{series: s{i:02}}}\n" for i in range(per_job))
+    jobs = "".join(
+        f"  p{n}:\n    architectures: [amd64, arm64]\n    output: {{paths: [x]}}\n"
+        f"    matrix:\n" + entry
+        for n in range(producers)
+    ) + "".join(
+        f"  c{n}:\n    architectures: amd64\n    input: {{job-name: p{n}, target-directory: i}}\n"
+        f"    matrix:\n" + entry
+        for n in range(producers)
+    )
+    stages = f"[[{', '.join(f'p{n}' for n in range(producers))}], " + (
+        f"[{', '.join(f'c{n}' for n in range(producers))}]]"
+    )
+    start = time.monotonic()
+    p = ok(f"pipeline: {stages}\njobs:\n" + jobs)
+    assert len(p.jobs) <= MAX_ENTRIES and sum(1 for _ in p.instances()) <= MAX_INSTANCES
+    assert time.monotonic() - start < 10
+
+
+# -- hostile values that become command arguments ------------------------------------
+
+
+@pytest.mark.parametrize("package", ["-x", "--setopt=reposdir=/tmp", "a\\nb", "", "a\\tb"])
+def test_a_package_name_that_is_an_option_or_has_control_characters_is_an_error(package):
+    errors = errors_of(
+        f'pipeline: [a1]\njobs:\n  a1: {{architectures: amd64, packages: [gcc, "{package}"]}}\n'
+    )
+    assert len(errors) == 1
+    assert errors[0].startswith("p1.yaml:3:46: job 'a1' 'packages': ")
+    assert "is not a package name" in errors[0]
+
+
+def test_package_names_are_arguments_after_the_install_command():
+    p = ok("pipeline: [a1]\njobs:\n  a1: {architectures: amd64, packages: ['$(x)', 'a b']}\n")
+    assert commands.package_command(("dnf", "install", "-y"), p.job("a1").packages) == [
+        "dnf",
+        "install",
+        "-y",
+        "$(x)",
+        "a b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snaps", "column", "message"),
+    [
+        ("[--devmode]", 38, "job 'a1' snap '--devmode': a snap name is"),
+        ("[{name: -x}]", 45, "job 'a1' snap '-x': a snap name is"),
+        ("[{name: lxd, channel: '-x'}]", 59, "job 'a1' snap channel '-x': expected"),
+        ("['a;b']", 38, "job 'a1' snap 'a;b': a snap name is"),
+    ],
+)
+def test_snap_names_and_channels_that_could_be_options_are_errors(snaps, column, message):
+    errors = errors_of(f"pipeline: [a1]\njobs:\n  a1: {{architectures: amd64, snaps: {snaps}}}\n")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"p1.yaml:3:{column}: {message}")
+
+
+def test_a_nul_character_anywhere_is_an_error():
+    assert errors_of(
+        'pipeline: [a1]\njobs:\n  a1: {architectures: amd64, run: "make\\0", '
+        'environment: {"A\\0": x}}\n'
+    ) == [
+        "p1.yaml:3:35: a NUL character is not allowed",
+        "p1.yaml:3:59: a NUL character is not allowed",
+    ]
+
+
+def test_an_environment_name_with_equals_is_an_error():
+    assert errors_of(
+        "pipeline: [a1]\njobs:\n  a1: {architectures: amd64, environment: {A=B: x}}\n"
+    ) == ["p1.yaml:3:44: job 'a1' 'environment': 'A=B' is not a variable name (empty, or has '=')"]
+
+
+def test_a_name_with_a_trailing_newline_is_not_an_identifier():
+    # regression: IDENTIFIER_RE ended in '$', which also matches before a final newline
+    assert errors_of('pipeline: ["b1\\n"]\njobs:\n  "b1\\n": {architectures: amd64}\n') == [
+        "p1.yaml:3:3: job name 'b1\\n' must be at least two characters: lower-case ASCII "
+        "letters, digits, '+', '.', '_' or '-', starting with a letter or digit"
+    ]
+
+
+def test_a_huge_sexagesimal_integer_is_an_error_not_a_crash():
+    # regression: '1:0:0...' (YAML 1.1 base 60) made an integer Python cannot print
+    text = "pipeline: [a1]\njobs:\n  a1: {architectures: amd64, run: 1" + ":0" * 3000 + "}\n"
+    assert errors_of(text) == [
+        "p1.yaml:3:35: bad value: a number of more than 100 characters (quote it if it is text)",
+        "p1.yaml:3:35: job 'a1' 'run': expected a string, got nothing (null)",
+    ]
+
+
+def test_hostile_job_names_are_printed_on_one_line():
+    errors = errors_of('pipeline: [a1]\njobs:\n  "x\\ny.yaml:1:1: fake": {architectures: amd64}\n')
+    assert all(e.startswith("p1.yaml:") and "\n" not in e for e in errors)
+    assert any("job name 'x\\ny.yaml:1:1: fake' must be" in e for e in errors)
+
+
+# -- bad input: property-based -------------------------------------------------------
+
+_GOOD_NAMES = ("build", "test", "lint", "export", "smoke", "rpmlint")
+_BAD_NAMES = ("Bad", "b", "x y", "-x", "a\nb", "$(x)")
+_ARCHES = ("x86_64", "aarch64", "amd64", "arm64", "ppc64le", "s390x", "i386", "noarch")
+_KEYS = tuple(sorted(TOP_KEYS | JOB_KEYS | OUTPUT_KEYS | INPUT_KEYS | SNAP_KEYS | REPOSITORY_KEYS))
+_WORDS = (*_GOOD_NAMES, *_ARCHES, *TRIGGER_OPTIONS, *BUILTIN_KINDS, *PLUGIN_KEYS, "el8", "el9")
+_text = st.one_of(
+    st.sampled_from(("make", "./run.sh", "rpmlint *.rpm")), st.sampled_from(HOSTILE[:12])
+)
+_arches = st.lists(st.sampled_from(_ARCHES[:6]), min_size=1, max_size=3, unique=True)
+
+
+def _arch_value(arches):
+    return arches[0] if len(arches) == 1 else arches
+
+
+@st.composite
+def _job(draw, names):
+    """A job that is mostly valid; damaged() makes some values wrong afterwards."""
+    if rare(draw, 12):
+        return {"uses": draw(st.sampled_from(sorted(BUILTIN_KINDS)))}
+    job: dict = {"architectures": _arch_value(draw(_arches))}
+    optional = {
+        "series": st.sampled_from(["el8", "el9", "focal"]),
+        "run": _text,
+        "run-before": _text,
+        "run-after": _text,
+        "packages": st.lists(st.sampled_from(["gcc", "rpm-build", "python3-*", "$(x)"])),
+        "environment": st.dictionaries(
+            st.sampled_from(["LANG", "CI", "X_1"]), st.one_of(st.none(), _text, st.integers())
+        ),
+        "timeout": st.integers(1, MAX_TIMEOUT),
+        "root": st.booleans(),
+        "output": st.fixed_dictionaries(
+            {"paths": st.lists(st.sampled_from(["out/*.rpm", "**/*.log", "a b"]), max_size=2)},
+            optional={
+                "properties": st.dictionaries(st.sampled_from(["kind", "n"]), _text, max_size=2),
+                "distribute": st.just("artifactory"),
+                "channels": st.lists(st.sampled_from(["edge", "stable"]), max_size=2),
+                "expires": st.one_of(st.integers(1, 10**6), st.just("1 day")),
+            },
+        ),
+        "snaps": st.lists(
+            st.one_of(
+                st.sampled_from(["lxd", "core22"]),
+                st.fixed_dictionaries(
+                    {"name": st.sampled_from(["lxd", "charmcraft"])},
+                    optional={
+                        "channel": st.sampled_from(["latest/stable", "5.0/edge"]),
+                        "classic": st.booleans(),
+                    },
+                ),
+            ),
+            max_size=2,
+        ),
+        "package-repositories": st.lists(
+            st.fixed_dictionaries(
+                {"type": st.just("apt"), "url": st.just("http://example.org/repo")},
+                optional={
+                    "formats": st.just(["deb"]),
+                    "components": st.just(["main"]),
+                    "suites": st.just(["focal"]),
+                    "trusted": st.booleans(),
+                },
+            ),
+            max_size=1,
+        ),
+    }
+    for key, strategy in optional.items():
+        if rare(draw, 4):
+            job[key] = draw(strategy)
+    if rare(draw, 8):
+        job["input"] = {
+            "job-name": draw(st.sampled_from(names)),
+            "target-directory": draw(st.sampled_from(["in", "deps/x"])),
+        }
+        if rare(draw, 3):
+            job["input"]["architecture"] = draw(st.sampled_from(_ARCHES[:4]))
+    if rare(draw, 4):
+        job["matrix"] = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "series": st.sampled_from(["el8", "el9"]),
+                        "architectures": _arches.map(_arch_value),
+                        "run": _text,
+                    },
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        )
+    if rare(draw, 10):
+        job["plugin"] = draw(st.sampled_from(sorted(PLUGIN_KEYS)))
+        if job["plugin"] == "miniconda":
+            job["conda-python"] = draw(st.sampled_from([3.9, "3.11"]))
+            job["conda-packages"] = ["numpy"]
+        elif job["plugin"] == "golang":
+            job["golang-version"] = "1.21"
+    return job
+
+
+_trigger_name = st.sampled_from(sorted(TRIGGER_OPTIONS))
+_trigger_options = st.fixed_dictionaries(
+    {},
+    optional={
+        "projects": st.one_of(st.just("nova"), st.just(["nova", "glance"])),
+        "branches": st.just(["main"]),
+        "hour": st.one_of(st.integers(0, 23), st.lists(st.integers(0, 23), max_size=2)),
+        "minute": st.integers(0, 59),
+    },
+)
+
+
+@st.composite
+def _pipeline_document(draw):
+    names = draw(st.lists(st.sampled_from(_GOOD_NAMES), min_size=1, max_size=4, unique=True))
+    if rare(draw, 10):
+        names.append(draw(st.sampled_from(_BAD_NAMES)))
+    jobs = {name: draw(_job(names)) for name in names}
+    order = draw(st.permutations(names))
+    stages: list = []
+    for name in order:
+        if stages and rare(draw, 3):
+            last = stages[-1]
+            stages[-1] = [*last, name] if isinstance(last, list) else [last, name]
+        else:
+            stages.append(name if draw(st.booleans()) else [name])
+    doc: dict = {"pipeline": stages, "jobs": jobs}
+    if rare(draw, 3):
+        doc["trigger"] = draw(
+            st.one_of(
+                _trigger_name,
+                st.lists(_trigger_name, max_size=2, unique=True),
+                st.dictionaries(st.sampled_from(["nightly", "dist_git_commit"]), _trigger_options),
+            )
+        )
+    if rare(draw, 8):
+        doc["license"] = {"spdx": "MIT"}
+    return doc
+
+
+PIPELINE_DOCUMENTS = damaged(_pipeline_document(), _WORDS, _KEYS)
+
+
+def check_model(p):
+    """What a loaded pipeline promises the rest of the gate."""
+    job_names = {j.name for j in p.jobs}
+    assert all(IDENTIFIER_RE.match(name) for name in job_names)
+    assert {name for stage in p.stages for name in stage} <= job_names
+    assert len(p.jobs) <= MAX_ENTRIES
+    assert sum(1 for _ in p.instances()) <= MAX_INSTANCES
+    for job in p.jobs:
+        assert all(archmod.canonical(a) == a for a in job.architectures)
+        assert job.timeout is None or 1 <= job.timeout <= MAX_TIMEOUT
+        for script in (job.run_before, commands.run_script(job), job.run_after):
+            if script is not None:
+                assert commands.script_command(script)[-1] == script
+        install = commands.package_command(("dnf", "install", "-y"), job.packages)
+        assert not any(arg.startswith("-") or "\0" in arg for arg in install[3:])
+        for snap in job.snaps:
+            assert not commands.snap_command(snap)[2].startswith("-")
+        if job.input is not None:
+            assert not job.input.target_directory.startswith("/")
+    p.dependencies()
+    for lane in p.lanes():
+        p.stages_for(lane)
+
+
+def check_pipeline(text):
+    errors = Collector()
+    pipeline = parse_pipeline(text, "p1.yaml", "p1", errors)
+    assert_located(errors, "p1.yaml", text)
+    if pipeline is None:
+        assert errors.diagnostics, "no pipeline and no error"
+        event("errors")
+    else:
+        assert not errors.diagnostics
+        event("valid pipeline")
+        check_model(pipeline)
+
+
+@BAD_INPUT
+@given(any_text())
+def test_any_text_or_bytes_gives_a_pipeline_or_errors_with_their_place(text):
+    check_pipeline(text)
+
+
+@BAD_INPUT
+@given(yaml_documents(PIPELINE_DOCUMENTS))
+def test_any_pipeline_shaped_file_gives_a_pipeline_or_errors_with_their_place(text):
+    check_pipeline(text)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gating.backend import BackendConfig
+from gating.changehooks import ChangeHook
 from gating.diagnostics import Collector, ConfigError, Mark
 from gating.site import (
     MultiMaster,
@@ -647,3 +648,85 @@ def test_bad_web_stanza_is_named(text, expected):
     site, errors = parse(text + "\n")
     assert expected in errors, errors
     assert site.web is None
+
+
+# -- change-hooks -----------------------------------------------------------------------
+
+
+def test_change_hooks_name_their_secrets():
+    site, errors = parse(
+        """\
+        change-hooks:
+          gating: {secret: hook-gating}
+          github:
+            secret: hook-github
+        """
+    )
+    assert errors == []
+    assert site.change_hooks == (
+        ChangeHook("gating", "hook-gating"),
+        ChangeHook("github", "hook-github"),
+    )
+    assert [h.mark for h in site.change_hooks] == [
+        Mark("gating.yaml", 2, 20),
+        Mark("gating.yaml", 4, 13),
+    ]
+    hash(site)
+    assert parse("title: t\n")[0].change_hooks == ()
+    assert parse("change-hooks: {}\n") == (Site(config_dir="/etc/gating"), [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "change-hooks: {gating: }",
+            "gating.yaml:1:24: change hook 'gating': needs a 'secret' (the name of the Buildbot "
+            "secret it is signed with); a change hook never takes unsigned calls",
+        ),
+        (
+            "change-hooks: {gating: {}}",
+            "gating.yaml:1:24: change hook 'gating': missing required key 'secret'",
+        ),
+        (
+            "change-hooks: {github: {strict: false}}",
+            "gating.yaml:1:25: unknown key 'strict' in change hook 'github'",
+        ),
+        (
+            "change-hooks: {gitlab: {secret: s}}",
+            "gating.yaml:1:16: change-hooks: unknown dialect 'gitlab'; did you mean 'github'? "
+            "(dialects: gating, github)",
+        ),
+        (
+            "change-hooks: {base: {secret: s}}",
+            "gating.yaml:1:16: change-hooks: unknown dialect 'base' (dialects: gating, github)",
+        ),
+        (
+            "change-hooks: [gating]",
+            "gating.yaml:1:15: 'change-hooks': expected a mapping of dialects to settings "
+            "(e.g. {gating: {secret: hook-gating}}), got a list",
+        ),
+        (
+            "change-hooks: {gating: hook-gating}",
+            "gating.yaml:1:24: change hook 'gating': expected a mapping, got a string",
+        ),
+    ],
+)
+def test_bad_change_hooks_are_named(text, expected):
+    site, errors = parse(text + "\n")
+    assert expected in errors, errors
+    assert site.change_hooks == ()
+
+
+@pytest.mark.parametrize(
+    "value", ["'correct horse battery staple'", "../hook", "1234567890123456789", "[a]"]
+)
+def test_a_secret_value_in_place_of_its_name_is_refused_and_not_repeated(value):
+    site, errors = parse(f"change-hooks:\n  gating: {{secret: {value}}}\n")
+    assert errors == [
+        "gating.yaml:2:20: change hook 'gating' 'secret': expected the name of a Buildbot "
+        "secret (a file name in 'secrets-dir': letters, digits, '.', '_', '-'), never the "
+        "secret itself"
+    ]
+    assert site.change_hooks == ()
+    assert not any(v in errors[0] for v in ("horse", "../hook", "12345"))

@@ -144,3 +144,13 @@ def test_event_triggers_need_their_sources(site_copy):
         "trigger 'compose' names location 'rawhid', which is not in the site's composes; "
         "did you mean 'rawhide'? (composes: rawhide)",
     ]
+
+
+def test_a_compose_name_with_a_final_newline_is_an_error():
+    # regression: the name check ended in '$', which also matches before a final newline
+    _, errors = parse('composes:\n  - {name: "rawhide\\n", location: /a}\n')
+
+    assert errors == [
+        "gating.yaml:2:12: compose entry 0 'name': 'rawhide\\n' must be letters, digits, "
+        "'.', '_', '-'"
+    ]

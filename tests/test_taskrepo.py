@@ -5,20 +5,32 @@ this machine's git over file://, and action scripts run in bash for real.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 
-from gating.diagnostics import Mark
+from gating.diagnostics import Collector, Mark
 from gating.forge import git_env
+from gating.pipeline import IDENTIFIER_RE, MAX_TIMEOUT
 from gating.taskrepo import (
+    ACTION_KEYS,
     DEFAULT_BRANCH_RULES,
+    ENV_NAME_RE,
+    EVENT_TYPES,
     GIT,
+    INPUT_KEYS,
     MAX_ACTIONS,
     MAX_TASKS,
+    RESERVED_NAMES,
+    SCHEDULING_KEYS,
+    TASK_VARIABLES,
+    TOP_KEYS,
     Action,
     Task,
     TaskError,
@@ -28,12 +40,22 @@ from gating.taskrepo import (
     discover,
     for_event,
     head_command,
+    parse_task,
     task_command,
     task_environment,
     valid_branch,
     worker_checkout_commands,
 )
 from gating.yamltree import MAX_FILE_BYTES
+from tests.support.badinput import (
+    BAD_INPUT,
+    HOSTILE,
+    any_text,
+    assert_located,
+    damaged,
+    rare,
+    yaml_documents,
+)
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("git") and shutil.which("bash")), reason="needs git and bash"
@@ -664,11 +686,43 @@ def test_clone_and_checkout_commands_are_argv_lists():
         (lambda: worker_checkout_commands("u", "HEAD", "d"), "expected a full commit id"),
         (lambda: worker_checkout_commands("u", "0123abc", "d"), "expected a full commit id"),
         (lambda: worker_checkout_commands("u", "A" * 40, "d"), "expected a full commit id"),
+        # regression: COMMIT_RE ended in '$', which also matches before a final newline
+        (lambda: worker_checkout_commands("u", "a" * 40 + "\n", "d"), "expected a full commit"),
+        (lambda: worker_checkout_commands("-u", "a" * 40, "d"), "bad repository URL"),
+        # regression: valid_branch took 'HEAD', which git check-ref-format --branch refuses
+        (lambda: clone_commands("u", "HEAD", "d"), "bad branch name 'HEAD'"),
+        (lambda: clone_commands("u", "--upload-pack=x", "d"), "bad branch name"),
+        (lambda: clone_commands("u", "a\nb", "d"), "bad branch name"),
+        (lambda: clone_commands("u", "caf\udce9", "d"), "bad branch name"),
+        (lambda: clone_commands("u", "main", "a\0b"), "bad destination"),
     ],
 )
 def test_bad_git_arguments_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_shell_syntax_in_git_arguments_stays_one_argument_each():
+    branch = "x$(touch${IFS}pwned)`id`;y|z"
+    url = "file:///srv/$(touch pwned)/`id`;x.git"
+    dest = "-d; $(touch pwned)"
+    assert clone_commands(url, branch, dest) == [
+        [*GIT, "clone", "-q", "--depth", "1", "--single-branch", "--no-tags"]
+        + ["--branch", branch, "--", url, dest]
+    ]
+    long = "x" * 100_000
+    assert clone_commands(url, long, dest)[0][-5:] == ["--branch", long, "--", url, dest]
+    commit = "0123456789abcdef" * 4
+    assert worker_checkout_commands(url, commit, dest)[:2] == [
+        [*GIT, "init", "-q", "--template=", "--", dest],
+        [*GIT, "-C", dest, "fetch", "-q", "--no-tags", "--depth", "1", "--", url, commit],
+    ]
+
+
+@pytest.mark.parametrize("name", [n for n in HOSTILE if not valid_branch(n)])
+def test_hostile_branch_names_are_not_branches(name):
+    with pytest.raises(ValueError, match="bad branch name"):
+        clone_commands("u", name, "d")
 
 
 def test_master_shallow_clones_the_branch_and_discovers_its_tasks(task_repo, tmp_path):
@@ -730,3 +784,91 @@ def test_fetching_by_commit_id_needs_protocol_v2(task_repo, tmp_path):
     assert "not allow request for unadvertised object" in proc.stderr
     assert run(fetch).returncode == 0
     assert git("rev-parse", "FETCH_HEAD", cwd=tmp_path / "w") == old
+
+
+# -- bad input: property-based ---------------------------------------------------------
+
+_ARGS = (*EVENT_TYPES, *TASK_VARIABLES)
+_WORDS = (*_ARGS, "check_sanity", "LANG", "C.UTF-8", "./check.sh", "jdoe")
+_KEYS = tuple(sorted(TOP_KEYS | SCHEDULING_KEYS | INPUT_KEYS | ACTION_KEYS))
+_shell = st.one_of(
+    st.sampled_from(['./check.sh "$koji_build"', "make check", "rpmlint *.rpm"]),
+    st.sampled_from(HOSTILE[:12]),
+)
+
+
+@st.composite
+def _task_document(draw):
+    """A runtask.yaml that is mostly valid; damaged() makes some values wrong afterwards."""
+    args = draw(st.lists(st.sampled_from(_ARGS), min_size=1, max_size=4, unique=True))
+    if not any(a in EVENT_TYPES for a in args) and not rare(draw, 5):
+        args.append(draw(st.sampled_from(EVENT_TYPES)))
+    doc: dict = {"input": {"args": args if len(args) > 1 or draw(st.booleans()) else args[0]}}
+    actions = []
+    for _ in range(draw(st.integers(1, 3))):
+        commands = draw(st.lists(_shell, min_size=1, max_size=3))
+        action: dict = {"shell": commands if len(commands) > 1 else commands[0]}
+        if draw(st.booleans()):
+            action["name"] = draw(st.one_of(st.sampled_from(["run it", "it's $(x)"]), _shell))
+        actions.append(action)
+    doc["actions"] = actions
+    optional = {
+        "name": st.sampled_from(["check-sanity", "rpmdeplint", "Bad Name"]),
+        "desc": st.text(max_size=20),
+        "maintainer": st.sampled_from(["jdoe", "Jane <j@example.org>"]),
+        "scheduling": st.fixed_dictionaries({"run": st.booleans()}),
+        "environment": st.dictionaries(
+            st.sampled_from(["LANG", "RETRIES", "X_1", "item", "1X"]),
+            st.one_of(st.sampled_from(["C.UTF-8", "$(x)"]), st.integers(0, 9)),
+            max_size=3,
+        ),
+        "timeout": st.integers(1, MAX_TIMEOUT),
+    }
+    for key, strategy in optional.items():
+        if rare(draw, 3):
+            doc[key] = draw(strategy)
+    return doc
+
+
+TASK_DOCUMENTS = damaged(_task_document(), _WORDS, _KEYS)
+
+
+def check_task(text):
+    errors = Collector()
+    task = parse_task(text, "check_sanity", "check_sanity/runtask.yaml", errors)
+    assert_located(errors, "check_sanity/runtask.yaml", text)
+    if task is None:
+        assert errors.diagnostics, "no task and no error"
+        event("errors")
+        return
+    assert not errors.diagnostics
+    event("valid task")
+    assert IDENTIFIER_RE.match(task.name)
+    assert task.events and task.actions
+    assert all(ENV_NAME_RE.match(k) and k not in RESERVED_NAMES for k, _ in task.environment)
+    assert task.timeout is None or 1 <= task.timeout <= MAX_TIMEOUT
+    for action in task.actions:
+        assert action.shell and all(c.strip() and "\0" not in c for c in action.shell)
+    argv = task_command(task)
+    assert argv[:4] == ["bash", "--noprofile", "--norc", "-ec"] and len(argv) == 5
+    # the script is the formula's commands in order, each action's title quoted; no event
+    # value is ever in it
+    lines = ["set -eu"]
+    for number, action in enumerate(task.actions, start=1):
+        title = f"==> action {number}/{len(task.actions)}" + (
+            f": {action.name}" if action.name else ""
+        )
+        lines += [f"printf '%s\\n' {shlex.quote(title)}", *action.shell]
+    assert action_script(task) == "\n".join(lines) + "\n"
+
+
+@BAD_INPUT
+@given(any_text())
+def test_any_text_or_bytes_gives_a_task_or_errors_with_their_place(text):
+    check_task(text)
+
+
+@BAD_INPUT
+@given(yaml_documents(TASK_DOCUMENTS))
+def test_any_runtask_shaped_file_gives_a_task_or_errors_with_their_place(text):
+    check_task(text)

@@ -268,7 +268,11 @@ def test_no_branch_and_no_default_branch_clones_nothing(tmp_path, in_line, logge
     ]
 
 
-@pytest.mark.parametrize("name", ["../nova", "-nova", "nova/../../etc", ".hidden", ""])
+@pytest.mark.parametrize(
+    "name",
+    # "nova\n": regression, the name check ended in '$', which matches before a final newline
+    ["../nova", "-nova", "nova/../../etc", ".hidden", "", "nova\n", "$(touch pwned)", "a b"],
+)
 def test_a_package_name_that_is_not_one_is_never_put_in_a_url(
     name, tmp_path, in_line, logged, monkeypatch
 ):

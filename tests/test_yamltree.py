@@ -2,11 +2,23 @@
 
 import datetime
 import textwrap
+import time
 
 import pytest
+from hypothesis import given
 
 from gating.diagnostics import Collector, Mark
-from gating.yamltree import MAX_FILE_BYTES, MAX_VALUES, Node, Reader, describe, load
+from gating.yamltree import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_NUMBER_CHARS,
+    MAX_VALUES,
+    Node,
+    Reader,
+    describe,
+    load,
+)
+from tests.support.badinput import BAD_INPUT, any_text, assert_located
 
 
 def parse(text: str, filename: str = "f.yaml"):
@@ -146,10 +158,42 @@ def test_alias_bomb_is_refused_instead_of_expanded():
     ]
 
 
-def test_deep_nesting_is_an_error_not_a_crash():
+TOO_DEEP = f"nested too deeply (more than {MAX_DEPTH} levels of lists and mappings)"
+
+
+def test_deep_nesting_is_an_error_at_the_first_list_too_deep_not_a_crash():
+    # 1,000 levels: more than libyaml's limit, so the pure-Python parser's recursion fails
     root, errors = parse("a: " + "[" * 1000 + "]" * 1000 + "\n")
     assert root is None
-    assert errors == ["f.yaml:1:1: file is nested too deeply"]
+    assert errors == [f"f.yaml:1:{3 + MAX_DEPTH}: {TOO_DEEP}"]
+
+
+def test_deep_block_nesting_is_an_error_at_its_line():
+    text = "a:\n" + "".join(" " * (2 * i) + "- \n" for i in range(1000))
+    root, errors = parse(text)
+    assert root is None
+    assert [e.split(":")[:2] for e in errors] == [["f.yaml", str(MAX_DEPTH + 1)]]
+    assert errors[0].endswith(TOO_DEEP)
+
+
+def test_nesting_a_little_too_deep_is_refused_where_it_happens_and_the_rest_kept():
+    root, errors = parse("a: " + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "\nb: 1\n")
+    assert errors == [f"f.yaml:1:{3 + MAX_DEPTH}: {TOO_DEEP}"]
+    assert root.value["b"].value == 1
+
+
+def test_nesting_up_to_the_limit_loads():
+    root, errors = parse("a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n")
+    assert errors == []
+
+
+def test_nesting_through_merge_keys_and_aliases_counts_too():
+    # fine where it is written (the root, d and its mapping: the lists start at level 3);
+    # one level deeper where it is used, under e's merge key and in f's list
+    inner = "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2)
+    _, errors = parse(f"d: &d {{k: {inner}}}\ne: {{<<: *d}}\nf: [*d]\n")
+    last = len("d: &d {k: ") + MAX_DEPTH - 2  # the column of the innermost list
+    assert errors == [f"f.yaml:1:{last}: {TOO_DEEP}"] * 2
 
 
 def test_syntax_error_says_where_and_where_the_enclosing_block_starts():
@@ -254,6 +298,58 @@ def test_invalid_utf8_points_at_the_bad_byte():
     assert load(b"a: 1\nb: caf\xc3\xa9 \xff\n", "f.yaml", errors) is None
     assert [str(d) for d in errors.diagnostics] == [
         "f.yaml:2:9: file is not valid UTF-8 (byte 0xff)"
+    ]
+
+
+def test_control_characters_are_errors_at_their_place():
+    _, errors = parse("a: 1\nb: x\x01y\n")
+    assert errors == [
+        "f.yaml:2:5: YAML error: unacceptable character #x0001: special characters are not allowed"
+    ]
+
+
+def test_a_lone_surrogate_in_text_is_an_error_not_a_crash():
+    # regression: libyaml's parser raised UnicodeEncodeError for a str holding U+D800
+    _, errors = parse("a: 1\nb: \ud800\n")
+    assert errors == [
+        "f.yaml:2:4: YAML error: unacceptable character #xd800: special characters are not allowed"
+    ]
+
+
+def test_an_encoded_surrogate_is_not_valid_utf8():
+    errors = Collector()
+    assert load(b"a: \xed\xa0\x80\n", "f.yaml", errors) is None
+    assert [str(d) for d in errors.diagnostics] == [
+        "f.yaml:1:4: file is not valid UTF-8 (byte 0xed)"
+    ]
+
+
+def test_a_number_too_long_to_be_one_is_an_error_and_fast():
+    # regression: PyYAML builds '1:0:0...' (base 60) in quadratic time, and Python cannot
+    # print an integer of more than 4,300 digits (a traceback in every message about it)
+    start = time.monotonic()
+    root, errors = parse("a: 1" + ":0" * 300_000 + "\nb: 0x" + "f" * 5000 + "\nc: 1:0:0\n")
+    assert time.monotonic() - start < 10
+    assert errors == [
+        f"f.yaml:1:4: bad value: a number of more than {MAX_NUMBER_CHARS} characters "
+        "(quote it if it is text)",
+        f"f.yaml:2:4: bad value: a number of more than {MAX_NUMBER_CHARS} characters "
+        "(quote it if it is text)",
+    ]
+    assert root.plain() == {"a": None, "b": None, "c": 3600}
+
+
+def test_a_long_number_in_quotes_is_text():
+    root, errors = parse('a: "' + "1" * 5000 + '"\n')
+    assert errors == [] and root.plain() == {"a": "1" * 5000}
+
+
+def test_the_size_limit_counts_utf8_bytes_of_text():
+    errors = Collector()
+    text = "a: " + "é" * (MAX_FILE_BYTES // 2)
+    assert load(text, "f.yaml", errors) is None
+    assert [str(d) for d in errors.diagnostics] == [
+        f"f.yaml:1:1: file is too large ({len(text.encode())} bytes; the limit is {MAX_FILE_BYTES})"
     ]
 
 
@@ -396,3 +492,28 @@ def test_string_map_refuses_null_unless_nullable(reader, errors):
 def test_string_map_of_a_list_is_an_error(reader, errors):
     assert reader.string_map(node(["A=1"]), "'environment'") == {}
     assert messages(errors) == ["f.yaml:4:2: 'environment': expected a mapping, got a list"]
+
+
+# -- bad input: property-based ---------------------------------------------------
+
+
+def depth(node: Node) -> int:
+    if node.is_scalar:
+        return 0
+    children = node.value.values() if node.is_map else node.value
+    return 1 + max((depth(c) for c in children), default=0)
+
+
+@BAD_INPUT
+@given(any_text())
+def test_any_text_or_bytes_loads_or_gives_errors_with_their_place(text):
+    errors = Collector()
+    root = load(text, "f.yaml", errors)
+    assert_located(errors, "f.yaml", text)
+    if root is None:
+        assert errors.diagnostics
+    else:
+        assert depth(root) <= MAX_DEPTH
+        root.plain()
+        for diagnostic in errors.diagnostics:  # values it could not use: each one located
+            assert diagnostic.message
