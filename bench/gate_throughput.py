@@ -63,12 +63,14 @@ def _env_int(name: str, default: int) -> int:
 
 # Sizes (overridable: BENCH_GT_N, BENCH_GT_BT, BENCH_GT_REPEATS, BENCH_GT_PROMOTE_EXTRA,
 # BENCH_GT_FAIL_REPEATS; the figures' names say which were used). The defaults keep the
-# campaign near 20 minutes on a 2-core host: a rebuild run is N serial builds.
+# campaign near 30 minutes on a 2-core host (a rebuild run is N serial builds) and give
+# every figure of both variants two runs: medians over repeated runs, each ratio from a
+# pair of runs made one after the other.
 N = _env_int("BENCH_GT_N", 30)  # changes per run
 BT = _env_int("BENCH_GT_BT", 5)  # B = T: seconds each build is delayed / each test sleeps
-REPEATS = _env_int("BENCH_GT_REPEATS", 1)  # pairs of runs (rebuild, then promote)
-PROMOTE_EXTRA = _env_int("BENCH_GT_PROMOTE_EXTRA", 1)  # promote runs more, after the pairs
-FAIL_REPEATS = _env_int("BENCH_GT_FAIL_REPEATS", 1)  # pairs with 10% failing changes
+REPEATS = _env_int("BENCH_GT_REPEATS", 2)  # pairs of runs (rebuild, then promote)
+PROMOTE_EXTRA = _env_int("BENCH_GT_PROMOTE_EXTRA", 0)  # promote runs more, after the pairs
+FAIL_REPEATS = _env_int("BENCH_GT_FAIL_REPEATS", 2)  # pairs with 10% failing changes
 FAIL_SHARE = 0.10
 WINDOW = 20
 WORKERS = 20  # one test per worker at a time: as many as the window
