@@ -38,6 +38,22 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout
 
 
+def push_for_review(work: Path, project: str) -> int:
+    """``git push origin HEAD:refs/for/main`` from a clone of the forge's ``project``: the
+    number of the change the forge recorded (``project~N`` in the push's output)."""
+    out = subprocess.run(
+        ["git", "push", "origin", "HEAD:refs/for/main"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(rf"change {re.escape(project)}~(\d+)", out.stdout + out.stderr)
+    if not found:
+        raise RuntimeError(f"push to {project} made no change: {out.stderr}")
+    return int(found.group(1))
+
+
 def make_seeds(base: Path) -> None:
     """The starting repositories of the projects (``../seeds/P`` in the site's config)."""
     for project in PROJECTS:
@@ -107,17 +123,7 @@ def propose_many(
             path.write_text(content)
         git(work, "add", "-A")
         git(work, "commit", "-q", "-m", message(i))
-        out = subprocess.run(
-            ["git", "push", "origin", "HEAD:refs/for/main"],
-            cwd=work,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        found = re.search(rf"change {re.escape(project)}~(\d+)", out.stdout + out.stderr)
-        if not found:
-            raise RuntimeError(f"push to {project} made no change: {out.stderr}")
-        numbers.append(int(found.group(1)))
+        numbers.append(push_for_review(work, project))
     return numbers
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import threading
@@ -52,7 +51,7 @@ from typing import Any
 import yaml
 
 from bench import Context, Figure, Goal, scenario
-from bench._gatesite import approve, git, queue_status
+from bench._gatesite import approve, git, push_for_review, queue_status
 from gating.localsite import LocalSite, free_port
 
 
@@ -332,18 +331,7 @@ class BenchSite:
                         message = f"{project} {version}"
                     (work / f"{project}.spec").write_text(text)
                     git(work, "commit", "-q", "-a", "-m", message)
-                    out = subprocess.run(
-                        ["git", "push", "origin", "HEAD:refs/for/main"],
-                        cwd=work,
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-
-                    found = re.search(rf"change {project}~(\d+)", out.stdout + out.stderr)
-                    if not found:
-                        raise RuntimeError(f"push to {project} made no change: {out.stderr}")
-                    keys[slot] = f"{project}~{found.group(1)}"
+                    keys[slot] = f"{project}~{push_for_review(work, project)}"
                     if not fails:
                         head = git(work, "rev-parse", "HEAD").strip()
             except BaseException as exc:

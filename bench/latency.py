@@ -49,8 +49,6 @@ import datetime
 import json
 import os
 import random
-import re
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -68,7 +66,7 @@ from bench._eventsite import (
     echo_pipeline,
     wait_idle,
 )
-from bench._gatesite import approve, git, make_seeds, queue_status
+from bench._gatesite import approve, git, make_seeds, push_for_review, queue_status
 from gating.localsite import LocalSite
 
 RUNS = 5
@@ -285,17 +283,7 @@ def approve_latency(
         git(work, "add", "-A")
         git(work, "commit", "-q", "-m", f"Bench change {i}")
         push = time.monotonic()
-        out = subprocess.run(
-            ["git", "push", "origin", "HEAD:refs/for/main"],
-            cwd=work,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        found = re.search(r"change nova~(\d+)", out.stdout + out.stderr)
-        if not found:
-            raise RuntimeError(f"the push made no change: {out.stderr}")
-        number = int(found.group(1))
+        number = push_for_review(work, "nova")
         pushed.append(push)
         start = time.monotonic()
         approve(site, "nova", number)
