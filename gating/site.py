@@ -395,7 +395,50 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         kw["web"] = _web(r, f["web"])
     if "change-hooks" in f:
         kw["change_hooks"] = _change_hooks(r, f["change-hooks"])
-    return Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
+    site = Site(config_dir=config_dir, **kw)  # type: ignore[arg-type]
+    _check_open_control(r, site, f)
+    return site
+
+
+def _check_open_control(r: Reader, site: Site, f: dict[str, Node]) -> None:
+    """Without ``web: auth`` everyone who reaches the web server may act (approve, dequeue,
+    force, stop, rebuild): allowed only when it listens on loopback or a UNIX socket."""
+    if "web" in f and (site.web is None or site.web.has_auth):
+        return  # with a login; or the stanza's own errors are reported
+    where = web_listen_address(site.www_port, site.www_interface)
+    if where is None:
+        return
+    node = f.get("www-port") if isinstance(site.www_port, str) else f.get("www-interface")
+    if node is None:
+        node = f.get("www-port") or f.get("www-interface")
+    assert node is not None  # the defaults listen on loopback
+    r.fail(
+        node,
+        f"the web UI listens on {where} without 'web: auth': anyone who reaches it could "
+        "approve, dequeue, force, stop and rebuild; add 'web: {auth: ..., admins: [...]}' "
+        "(see the README, 'Web login and the admin role') or listen on 127.0.0.1",
+    )
+
+
+def web_listen_address(port: int | str, interface: str) -> str | None:
+    """Where the web server listens when that is beyond this host's loopback (e.g.
+    ``'0.0.0.0'``, ``'all interfaces'``); None for loopback or a UNIX socket. An endpoint
+    string (``tcp:8010:interface=127.0.0.1``) decides alone, as it does in master.py."""
+    if isinstance(port, str):
+        kind, _, rest = port.partition(":")
+        if kind == "unix":
+            return None
+        interface = ""  # Twisted's tcp/ssl endpoints listen everywhere without interface=
+        for option in re.split(r"(?<!\\):", rest)[1:]:
+            name, eq, value = option.partition("=")
+            if eq and name == "interface":
+                interface = value.replace("\\", "")
+    if not interface:
+        return "all interfaces"
+    host = interface.strip("[]").lower()
+    if host in ("localhost", "::1") or re.fullmatch(r"127(\.\d{1,3}){3}", host):
+        return None
+    return host
 
 
 def _multi_master(

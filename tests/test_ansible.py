@@ -243,3 +243,71 @@ def test_make_worker_checks_its_options(tmp_path, args, message):
     proc = make_worker(tmp_path, *args)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def run_web_check(tmp_path: Path, variables: dict) -> subprocess.CompletedProcess:
+    """The master role's web-login check (tasks/check-web.yml) on its own, on localhost."""
+    playbook = tmp_path / "check-web.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": "localhost",
+                    "connection": "local",
+                    "gather_facts": False,
+                    "vars": {"gating_master_proxy_enabled": False, **variables},
+                    "tasks": [
+                        {
+                            "ansible.builtin.import_tasks": str(
+                                ANSIBLE / "roles/gating_master/tasks/check-web.yml"
+                            )
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)],
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@needs_ansible
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"gating_master_www_interface": "0.0.0.0", "gating_master_site": {}},
+        {"gating_master_www_interface": "127.0.0.1", "gating_master_proxy_enabled": True},
+        {
+            "gating_master_www_interface": "::",
+            "gating_master_site": {"web": {"admins": ["alice"]}},
+        },
+    ],
+)
+def test_master_role_refuses_a_reachable_web_ui_without_a_login(tmp_path, variables):
+    proc = run_web_check(tmp_path, {"gating_master_site": {}, **variables})
+    assert proc.returncode != 0
+    assert "has no web auth: anyone could approve, dequeue, force, stop and rebuild" in proc.stdout
+
+
+@needs_ansible
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"gating_master_www_interface": "127.0.0.1", "gating_master_site": {}},
+        {
+            "gating_master_www_interface": "0.0.0.0",
+            "gating_master_proxy_enabled": True,
+            "gating_master_site": {
+                "web": {"auth": {"users": {"alice": "web-alice"}}, "admins": ["alice"]}
+            },
+        },
+    ],
+)
+def test_master_role_accepts_a_loopback_or_logged_in_web_ui(tmp_path, variables):
+    proc = run_web_check(tmp_path, variables)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -555,6 +555,59 @@ def test_without_web_auth_there_is_no_login():
     assert errors == [] and not site.web.has_auth
 
 
+OPEN_CONTROL = (
+    "without 'web: auth': anyone who reaches it could approve, dequeue, force, stop and "
+    "rebuild; add 'web: {auth: ..., admins: [...]}' (see the README, 'Web login and the "
+    "admin role') or listen on 127.0.0.1"
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("www-interface: 0.0.0.0\n", "gating.yaml:1:16: the web UI listens on 0.0.0.0 "),
+        ("www-interface: '::'\n", "gating.yaml:1:16: the web UI listens on :: "),
+        ("www-interface: 192.0.2.7\nweb: {}\n", "gating.yaml:1:16: the web UI listens on 192.0.2.7 "),
+        ("www-port: tcp:8010\n", "gating.yaml:1:11: the web UI listens on all interfaces "),
+        (
+            "www-interface: 127.0.0.1\nwww-port: 'ssl:8443:privateKey=k.pem:interface=0.0.0.0'\n",
+            "gating.yaml:2:11: the web UI listens on 0.0.0.0 ",
+        ),
+        (
+            "www-port: 'tcp:8010:interface=\\:\\:'\n",
+            "gating.yaml:1:11: the web UI listens on :: ",
+        ),
+    ],
+)
+def test_control_open_to_everyone_beyond_loopback_is_refused(text, expected):
+    _, errors = parse(text)
+    assert errors == [expected + OPEN_CONTROL]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "title: t\n",  # the default: 127.0.0.1
+        "www-interface: 127.0.0.2\n",
+        "www-interface: localhost\n",
+        "www-interface: '::1'\n",
+        "www-port: 'tcp:8010:interface=127.0.0.1'\nwww-interface: 0.0.0.0\n",
+        "www-port: 'tcp:8010:interface=\\:\\:1'\n",
+        "www-port: 'unix:/run/gating/www.sock'\n",
+        "www-interface: 0.0.0.0\nweb: {auth: {users: {alice: web-alice}}, admins: [alice]}\n",
+        "www-port: tcp:8010\nweb: {auth: {htpasswd: secrets/htpasswd}, admins: [ops]}\n",
+    ],
+)
+def test_control_without_login_is_allowed_on_loopback_or_with_a_login(text):
+    _, errors = parse(text)
+    assert errors == []
+
+
+def test_a_broken_web_stanza_is_not_reported_twice():
+    _, errors = parse("www-interface: 0.0.0.0\nweb: {auth: nope}\n")
+    assert len(errors) == 1 and "web 'auth'" in errors[0]
+
+
 def test_bad_web_settings_are_all_reported_where_they_are():
     _, errors = parse(
         """\
