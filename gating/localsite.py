@@ -66,6 +66,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+TAC_PASSWORD_PLACEHOLDER = "set-after-create"
+
+
+def set_tac_password(tac: str, password: str) -> str:
+    """``buildbot.tac`` with its ``passwd`` line set to ``password``: ``create-worker`` is
+    given a placeholder, because every user of the host can read a process's argv."""
+    line = f"passwd = {TAC_PASSWORD_PLACEHOLDER!r}\n"
+    if tac.count(line) != 1:
+        raise RuntimeError("buildbot.tac: no single 'passwd = ...' line made by create-worker")
+    return tac.replace(line, f"passwd = {password!r}\n")
+
+
 def run_checked(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:
@@ -161,11 +173,16 @@ class LocalSite:
                         str(wdir),
                         f"127.0.0.1:{self.pb_port}",
                         w.name,
-                        secret.read_text().strip(),
+                        TAC_PASSWORD_PLACEHOLDER,  # never the password: argv is public
                     ],
                     env=self.env(),
                 )
-                os.chmod(wdir / "buildbot.tac", 0o600)
+                tac = wdir / "buildbot.tac"
+                os.chmod(tac, 0o600)
+                tac.write_text(
+                    set_tac_password(tac.read_text(), secret.read_text().strip()),
+                    encoding="utf-8",
+                )
         run_checked([_bin("buildbot"), "upgrade-master", str(self.master_dir)], env=self.env())
 
     # -- processes ----------------------------------------------------------------

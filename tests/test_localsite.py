@@ -6,9 +6,17 @@ import shutil
 import socket
 import stat
 
+import pytest
 import yaml
 
-from gating.localsite import REPO_ROOT, LocalSite, free_port
+from gating import localsite
+from gating.localsite import (
+    REPO_ROOT,
+    TAC_PASSWORD_PLACEHOLDER,
+    LocalSite,
+    free_port,
+    set_tac_password,
+)
 
 
 def test_free_port_is_bindable():
@@ -34,6 +42,8 @@ def test_create_sets_ports_secrets_and_workers(tmp_path):
         tac = (tmp_path / "workers" / name / "buildbot.tac").read_text()
         assert f"workername = '{name}'" in tac
         assert "port = 19989" in tac
+        assert f"passwd = {secret.read_text()!r}" in tac
+        assert TAC_PASSWORD_PLACEHOLDER not in tac
     assert (tmp_path / "master" / "state.sqlite").is_file()
     assert (tmp_path / "master" / "master.cfg").read_text() == (
         REPO_ROOT / "master.cfg"
@@ -42,3 +52,31 @@ def test_create_sets_ports_secrets_and_workers(tmp_path):
     before = (secrets / "worker-local-x86_64").read_text()
     site.create()
     assert (secrets / "worker-local-x86_64").read_text() == before
+
+
+def test_worker_passwords_never_reach_a_command_line(tmp_path, monkeypatch):
+    """Every user of the host reads every process's argv (ps): create-worker gets a
+    placeholder, and the password is written into buildbot.tac afterwards."""
+    shutil.copytree(REPO_ROOT / "examples" / "demo", tmp_path / "config")
+    argvs: list[list[str]] = []
+    real = localsite.run_checked
+
+    def recording(cmd, **kwargs):
+        argvs.append(list(cmd))
+        return real(cmd, **kwargs)
+
+    monkeypatch.setattr(localsite, "run_checked", recording)
+    LocalSite(tmp_path, www_port=18010, pb_port=19989).create()
+    passwords = [p.read_text() for p in (tmp_path / "master" / "secrets").glob("worker-*")]
+    assert len(passwords) == 2 and any("create-worker" in argv for argv in argvs)
+    assert not [a for argv in argvs for a in argv for pw in passwords if pw in a]
+
+
+def test_set_tac_password_replaces_exactly_the_placeholder_line():
+    tac = f"workername = 'w'\npasswd = {TAC_PASSWORD_PLACEHOLDER!r}\nkeepalive = 600\n"
+    assert (
+        set_tac_password(tac, "p'\\q")
+        == "workername = 'w'\npasswd = \"p'\\\\q\"\nkeepalive = 600\n"
+    )
+    with pytest.raises(RuntimeError, match="passwd"):
+        set_tac_password("passwd = 'other'\n", "x")

@@ -567,7 +567,10 @@ OPEN_CONTROL = (
     [
         ("www-interface: 0.0.0.0\n", "gating.yaml:1:16: the web UI listens on 0.0.0.0 "),
         ("www-interface: '::'\n", "gating.yaml:1:16: the web UI listens on :: "),
-        ("www-interface: 192.0.2.7\nweb: {}\n", "gating.yaml:1:16: the web UI listens on 192.0.2.7 "),
+        (
+            "www-interface: 192.0.2.7\nweb: {}\n",
+            "gating.yaml:1:16: the web UI listens on 192.0.2.7 ",
+        ),
         ("www-port: tcp:8010\n", "gating.yaml:1:11: the web UI listens on all interfaces "),
         (
             "www-interface: 127.0.0.1\nwww-port: 'ssl:8443:privateKey=k.pem:interface=0.0.0.0'\n",

@@ -142,6 +142,16 @@ def test_gate_page_shows_the_queue_updates_live_and_only_admins_control_it(make_
             data={"jsonrpc": "2.0", "method": "rebuild", "params": {}, "id": 1},
         )
         assert stop.status == 403
+        # Buildbot's own control endpoints too: stop a build, force a pipeline.
+        for endpoint, method, params in (
+            (f"api/v2/builds/{buildid}", "stop", {"reason": "anonymous"}),
+            ("api/v2/forceschedulers/force-gate", "force", {"builderid": 1}),
+        ):
+            status, _ = post(
+                url + endpoint, {"jsonrpc": "2.0", "method": method, "params": params, "id": 1}
+            )
+            assert status == 403, (endpoint, method, status)
+        assert pipeline_build.get_attribute("data-state") == "success"
 
         # A merges: the page shows it without a reload.
         page.evaluate("window.__gatingNoReload = true")
