@@ -167,7 +167,7 @@ def in_repo_file_error(path: str) -> str | None:
     for part in parts:
         if part in ("", ".", "..") or not _FILE_PART_RE.match(part):
             return rule
-    if parts[0] == ".git":
+    if ".git" in parts:
         return rule
     return None
 

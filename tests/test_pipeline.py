@@ -1124,7 +1124,19 @@ def test_the_in_repo_kind_takes_a_relative_file_and_a_matrix():
 
 @pytest.mark.parametrize(
     "path",
-    ["../x.yaml", "/etc/passwd", "a/../b", "./a", "a//b", "-rf", ".git/config", "a b", "é", ""],
+    [
+        "../x.yaml",
+        "/etc/passwd",
+        "a/../b",
+        "./a",
+        "a//b",
+        "-rf",
+        ".git/config",
+        "sub/.git/HEAD",
+        "a b",
+        "é",
+        "",
+    ],
 )
 def test_an_in_repo_file_outside_the_repository_is_refused_with_its_place(path):
     errors = errors_of(

@@ -195,7 +195,7 @@ def test_a_change_to_the_in_repo_file_is_tested_with_its_own_version_on_top_of_t
     a = propose(
         site,
         "nova",
-        {"a.txt": "from A\n", "DURATION": "8", "nova.spec": SPEC.format(version="12.0.1")},
+        {"a.txt": "from A\n", "DURATION": "12", "nova.spec": SPEC.format(version="12.0.1")},
         "A: nova 12.0.1",
     )
     b = propose(site, "nova", {".gating.yaml": WITH_LINT}, "B: add a lint job")
