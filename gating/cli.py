@@ -36,8 +36,10 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from gating import inrepo
 from gating.diagnostics import ConfigError
 from gating.plan import Plan, sorted_builders
 from gating.site import load_config
@@ -47,14 +49,28 @@ def _load(path: str) -> Plan | None:
     try:
         return load_config(path).plan
     except ConfigError as exc:
-        for message in exc.messages:
-            print(message, file=sys.stderr)
-        n = len(exc.diagnostics)
-        print(f"{n} error{'s' if n != 1 else ''} found", file=sys.stderr)
+        _report(exc)
         return None
 
 
+def _report(exc: ConfigError) -> None:
+    for message in exc.messages:
+        print(message, file=sys.stderr)
+    n = len(exc.diagnostics)
+    print(f"{n} error{'s' if n != 1 else ''} found", file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.in_repo:
+        # As the worker's runner loads it: untrusted, relative to the repository's root.
+        try:
+            pipeline = inrepo.load(Path.cwd(), args.path)
+        except ConfigError as exc:
+            _report(exc)
+            return 1
+        arches = ", ".join(pipeline.arches()) or "none"
+        print(f"OK: in-repo pipeline {args.path}: {len(pipeline.jobs)} job(s), on {arches}")
+        return 0
     plan = _load(args.path)
     if plan is None:
         return 1
@@ -372,6 +388,12 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a configuration directory or pipeline file")
     check.add_argument("path")
+    check.add_argument(
+        "--in-repo",
+        action="store_true",
+        help="PATH is a repository's own pipeline file (uses: in-repo-pipeline), relative to "
+        "the repository's root (the current directory): check it as the worker does, untrusted",
+    )
     check.set_defaults(func=cmd_check)
     plan = sub.add_parser("plan", help="show the stages and builders a configuration makes")
     plan.add_argument("path")

@@ -45,11 +45,12 @@ from gating.forgepoller import CATEGORY, ForgeChangeSource
 from gating.gate import SCHEDULER_NAME, GateScheduler, GateSettings
 from gating.gateview import ui_plan
 from gating.gerritpoller import HANDLED_EVENTS, SecretGerritEventLogPoller
+from gating.inrepojob import inrepo_factory
 from gating.inventory import Inventory
 from gating.kojievents import KINDS as KOJI_KINDS
 from gating.kojievents import WatchSet, watch_of
 from gating.kojipoller import KOJI_SCHEDULER, KojiEventScheduler, KojiEventSettings
-from gating.pipeline import MASTER_LANE, InstanceId, Job, Pipeline
+from gating.pipeline import IN_REPO_KIND, MASTER_LANE, InstanceId, Job, Pipeline
 from gating.plan import RPMBUILD_BUILDER, builder_name, coordinator_names, sorted_builders
 from gating.runsdb import UIPlanService
 from gating.site import (
@@ -210,7 +211,13 @@ def _repo_file_step() -> Any:
 
 def job_factory(pipeline: Pipeline, job: Job, lane: str, inventory: Inventory) -> BuildFactory:
     """The steps of one job instance, as lpci runs a job: source, inputs, packages,
-    ``run-before``/``run``/``run-after``, then the declared output to the master."""
+    ``run-before``/``run``/``run-after``, then the declared output to the master.
+    ``uses: in-repo-pipeline``: the checkout, then the repository's own pipeline file
+    (:func:`gating.inrepojob.inrepo_factory`)."""
+    if job.uses == IN_REPO_KIND:
+        return inrepo_factory(
+            job, lane, [_checkout_step(), _repo_file_step()], _gating_environment()
+        )
     f = BuildFactory()
     f.addStep(_checkout_step())
     env: dict[str, Any] = dict(commands.environment(job))

@@ -10,6 +10,16 @@ The stage semantics are lpci's (seed 001): stages run in order, all jobs of a
 stage run, a stage fails if any of its jobs fails, and later stages run only if
 the earlier ones passed. Per architecture, :meth:`Pipeline.stages_for` gives the
 stages filtered to that architecture as ``(job_name, job_index)`` pairs.
+
+Trusted and untrusted files. The site's pipeline files are trusted (the default). A
+pipeline file from a project's repository (``uses: in-repo-pipeline``, run on a worker by
+:mod:`gating.inrepo`) is loaded with ``trusted=False``: the same loader with every limit,
+plus refusals (each a ``FILE:LINE:COLUMN`` error) of whatever only the site may decide or
+only the master acts on: ``trigger``, ``uses:`` of any built-in job kind, keys that name a
+queue, project, branch or pipeline membership (:data:`MEMBERSHIP_KEYS`), package
+installation through the pools' commands (``packages``, ``snaps``,
+``package-repositories``), artifacts kept by the master (``output``, ``input``),
+environment values passed through from the worker (``null``) and ``GATING_*`` names.
 """
 
 from __future__ import annotations
@@ -59,10 +69,41 @@ TRIGGER_OPTIONS: dict[str, frozenset[str]] = {
     "nightly": frozenset({"hour", "minute", "projects"}),
 }
 
+POOL = "pool"  # a built-in job kind that runs on the workers of its architectures
+
 # Built-in job kinds (``uses:``) and where they run.
+IN_REPO_KIND = "in-repo-pipeline"
 BUILTIN_KINDS: dict[str, str] = {
     "koji-scratch-build": MASTER_LANE,
     "koji-export": MASTER_LANE,
+    IN_REPO_KIND: POOL,
+}
+# ``uses: in-repo-pipeline``: the project repository's own pipeline file, read and run on
+# a worker (never on the master) at the commit under test. The keys it takes, its default
+# file and the triggers whose runs have a project commit to check out.
+IN_REPO_DEFAULT_FILE = ".gating.yaml"
+IN_REPO_KEYS = frozenset({"uses", "file", "architectures", "series", "timeout", "matrix"})
+IN_REPO_TRIGGERS = frozenset({"gate", "check", "dist_git_commit"})
+MAX_FILE_PATH = 255
+_FILE_PART_RE = re.compile(r"^[A-Za-z0-9._+-]+\Z")
+
+# Keys that would say which queue a project belongs to or which pipelines run for it: only
+# the site configuration decides that. An untrusted file that writes one gets an error
+# that says so (a trusted one: 'unknown key').
+MEMBERSHIP_KEYS = frozenset(
+    {"queue", "queues", "project", "projects", "branches", "pipelines", "gate", "check"}
+)
+# Job keys an untrusted file may not use, and why.
+UNTRUSTED_JOB_KEYS: dict[str, str] = {
+    "packages": "installs packages with the pool's package-install command, which only the "
+    "site's pipelines may use",
+    "snaps": "installs snaps on the worker, which only the site's pipelines may do",
+    "package-repositories": "adds package sources to the worker, which only the site's "
+    "pipelines may do",
+    "output": "hands files to the master, which keeps no artifacts of an untrusted pipeline "
+    "(later jobs see the files a job leaves in the checkout)",
+    "input": "takes files the master kept, which it keeps for no untrusted pipeline "
+    "(later jobs see the files a job leaves in the checkout)",
 }
 
 # lpci plugins and the job keys each one adds.
@@ -99,6 +140,7 @@ JOB_KEYS = frozenset(
         # ours
         "uses",
         "timeout",
+        "file",  # uses: in-repo-pipeline
     }
 )
 OUTPUT_KEYS = frozenset(
@@ -108,6 +150,26 @@ INPUT_KEYS = frozenset({"job-name", "target-directory", "architecture"})
 SNAP_KEYS = frozenset({"name", "channel", "classic"})
 REPOSITORY_KEYS = frozenset({"type", "ppa", "formats", "components", "suites", "url", "trusted"})
 LICENSE_KEYS = frozenset({"spdx", "path"})
+
+
+def in_repo_file_error(path: str) -> str | None:
+    """Why ``path`` cannot name a pipeline file inside a project repository, or None: a
+    relative path of ASCII letters, digits, '.', '_', '+' and '-' parts, no '.' or '..'
+    part, nothing under '.git', not starting with '-'."""
+    rule = (
+        "must be a relative path inside the project repository: parts of ASCII letters, "
+        "digits, '.', '_', '+' or '-', no '.' or '..' part, not in '.git', not starting "
+        "with '-'"
+    )
+    if not path or len(path) > MAX_FILE_PATH or path.startswith(("-", "/")):
+        return rule
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _FILE_PART_RE.match(part):
+            return rule
+    if ".git" in parts:
+        return rule
+    return None
 
 
 def package_error(package: str) -> str | None:
@@ -178,6 +240,7 @@ class Job:
     root: bool = True
     uses: str | None = None
     timeout: int | None = None
+    file: str | None = None  # uses: in-repo-pipeline
     arch_marks: tuple[Mark, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -352,7 +415,7 @@ def parse_pipeline(
         errors.error(
             Mark(filename), f"pipeline name '{name}' (from the file name) must be {IDENTIFIER_RULE}"
         )
-    parser = _PipelineParser(Reader(errors), filename)
+    parser = _PipelineParser(Reader(errors), filename, trusted)
     pipeline = parser.parse(root, name, trusted)
     if len(errors.diagnostics) > before:
         return None
@@ -360,18 +423,48 @@ def parse_pipeline(
 
 
 class _PipelineParser:
-    def __init__(self, reader: Reader, filename: str) -> None:
+    def __init__(self, reader: Reader, filename: str, trusted: bool = True) -> None:
         self.r = reader
         self.filename = filename
+        self.trusted = trusted
+
+    def mapping(
+        self, node: Node, what: str, allowed: Iterable[str], required: Iterable[str] = ()
+    ) -> dict[str, Node] | None:
+        """``Reader.mapping``; in an untrusted file a key of :data:`MEMBERSHIP_KEYS` is an
+        error that says only the site decides it (and is dropped)."""
+        allowed = set(allowed)
+        if self.trusted or not node.is_map:
+            return self.r.mapping(node, what, allowed, required)
+        for key in node.value:
+            if key in MEMBERSHIP_KEYS and key not in allowed:
+                self.r.errors.error(
+                    node.key_mark(key),
+                    f"'{key}' in {what}: only the site configuration says which queue a "
+                    "project belongs to and which pipelines run for it; a pipeline file "
+                    "from a repository cannot",
+                )
+        fields = self.r.mapping(node, what, allowed | MEMBERSHIP_KEYS, required)
+        if fields is None:
+            return None
+        return {k: v for k, v in fields.items() if k in allowed}
 
     def parse(self, root: Node, name: str, trusted: bool) -> Pipeline | None:
         if root.value is None:
             self.r.fail(root, "empty pipeline file: expected a mapping with 'pipeline' and 'jobs'")
             return None
-        top = self.r.mapping(root, "the pipeline file", TOP_KEYS, required=("pipeline", "jobs"))
+        top = self.mapping(root, "the pipeline file", TOP_KEYS, required=("pipeline", "jobs"))
         if top is None:
             return None
-        triggers = self.triggers(top["trigger"]) if "trigger" in top else ()
+        triggers: tuple[Trigger, ...] = ()
+        if "trigger" in top and not self.trusted:
+            self.r.errors.error(
+                root.key_mark("trigger"),
+                "'trigger': a pipeline file from a repository cannot say when it runs "
+                "(the site's pipeline that runs it with 'uses: in-repo-pipeline' decides)",
+            )
+        elif "trigger" in top:
+            triggers = self.triggers(top["trigger"])
         if "license" in top:
             self.license(top["license"])
         jobs: list[Job] = []
@@ -412,7 +505,23 @@ class _PipelineParser:
         self.check_text(root)
         if len(jobs) <= MAX_ENTRIES:
             self.check_graph(pipeline, job_nodes)
+        self.check_in_repo(pipeline)
         return pipeline
+
+    def check_in_repo(self, pipeline: Pipeline) -> None:
+        """A job that runs the repository's own pipeline needs a project commit: the
+        pipeline's triggers (if any) must all be gate, check or dist_git_commit."""
+        others = sorted({t.kind for t in pipeline.triggers} - IN_REPO_TRIGGERS)
+        if not others:
+            return
+        for job in pipeline.jobs:
+            if job.uses == IN_REPO_KIND and job.index == 0:
+                self.r.errors.error(
+                    job.mark,
+                    f"job '{job.name}' uses '{IN_REPO_KIND}', which runs the pipeline file of "
+                    "the project commit under test: the pipeline's triggers must be "
+                    f"{', '.join(sorted(IN_REPO_TRIGGERS))}, not {', '.join(others)}",
+                )
 
     def check_text(self, root: Node) -> None:
         """No key or string anywhere in the file may hold a NUL character: no command
@@ -552,7 +661,7 @@ class _PipelineParser:
     def job(self, name: str, node: Node) -> list[Job]:
         what = f"job '{name}'"
         allowed = JOB_KEYS | _ALL_PLUGIN_KEYS
-        base = self.r.mapping(node, what, allowed)
+        base = self.mapping(node, what, allowed)
         if base is None:
             return []
         if "matrix" not in base:
@@ -575,7 +684,7 @@ class _PipelineParser:
         out: list[Job] = []
         for index, entry in enumerate(matrix.value):
             ewhat = f"{what} matrix entry {index}"
-            fields = self.r.mapping(entry, ewhat, allowed - {"matrix"})
+            fields = self.mapping(entry, ewhat, allowed - {"matrix"})
             if fields is None:
                 continue
             merged = {**base, **fields}
@@ -590,7 +699,16 @@ class _PipelineParser:
         r = self.r
         kw: dict[str, Any] = {}
         uses = r.string(f["uses"], f"{what} 'uses'") if "uses" in f else None
-        if uses is not None and uses not in BUILTIN_KINDS:
+        refused = uses is not None and not self.trusted
+        if refused:
+            r.fail(
+                f["uses"],
+                f"{what}: 'uses: {uses}': built-in job kinds act with the site's rights (the "
+                "build backend, the export, the repository's pipeline); a pipeline file from "
+                "a repository cannot use them",
+            )
+            uses = None
+        elif uses is not None and uses not in BUILTIN_KINDS:
             r.fail(
                 f["uses"],
                 f"{what}: unknown built-in job kind '{uses}'{did_you_mean(uses, BUILTIN_KINDS)} "
@@ -599,6 +717,31 @@ class _PipelineParser:
             uses = None
         kw["uses"] = uses
         on_master = uses is not None and BUILTIN_KINDS[uses] == MASTER_LANE
+        if not self.trusted:
+            for key in sorted(set(f) & set(UNTRUSTED_JOB_KEYS)):
+                r.errors.error(
+                    job_node.key_mark(key) if key in job_node.value else f[key].mark,
+                    f"{what} '{key}': {UNTRUSTED_JOB_KEYS[key]}",
+                )
+            f = {k: v for k, v in f.items() if k not in UNTRUSTED_JOB_KEYS}
+        if uses == IN_REPO_KIND:
+            for key in sorted(set(f) - IN_REPO_KEYS):
+                r.errors.error(
+                    job_node.key_mark(key) if key in job_node.value else f[key].mark,
+                    f"{what}: key '{key}' does not apply to '{IN_REPO_KIND}' (the repository's "
+                    f"pipeline file says what runs; allowed: {', '.join(sorted(IN_REPO_KEYS))})",
+                )
+            f = {k: v for k, v in f.items() if k in IN_REPO_KEYS}
+            kw["file"] = IN_REPO_DEFAULT_FILE
+            if "file" in f:
+                path = r.string(f["file"], f"{what} 'file'")
+                error = in_repo_file_error(path) if path is not None else None
+                if error:
+                    r.fail(f["file"], f"{what} 'file' {path!r}: {error}")
+                elif path is not None:
+                    kw["file"] = path
+        elif "file" in f:
+            r.fail(f["file"], f"{what}: 'file' applies only to 'uses: {IN_REPO_KIND}'")
         if "series" in f:
             series = r.string(f["series"], f"{what} 'series'")
             if series is not None and not IDENTIFIER_RE.match(series):
@@ -612,7 +755,7 @@ class _PipelineParser:
                     f"'architectures' does not apply",
                 )
             kw["architectures"], kw["arch_marks"] = self.architectures(f["architectures"], what)
-        elif not on_master:
+        elif not on_master and not refused:
             entry = f" matrix entry {index}" if mark != job_node.mark else ""
             r.errors.error(mark, f"{what}{entry}: missing required key 'architectures'")
         for key, attr in (("run-before", "run_before"), ("run", "run"), ("run-after", "run_after")):
@@ -632,6 +775,8 @@ class _PipelineParser:
                     f"{what} 'environment': {key!r} is not a variable name (empty, or has '=')",
                 )
                 del env[key]
+            if not self.trusted:
+                self.untrusted_environment(f["environment"], env, what)
             kw["environment"] = tuple(env.items())
         if "output" in f:
             kw["output"] = self.output(f["output"], what)
@@ -674,6 +819,26 @@ class _PipelineParser:
             for key in plugin_keys:
                 r.errors.error(f[key].mark, f"{what}: key '{key}' needs a 'plugin'")
         return Job(name=name, index=index, mark=mark, **kw)
+
+    def untrusted_environment(self, node: Node, env: dict[str, str | None], what: str) -> None:
+        """An untrusted job's variables are its own values: none passed through from the
+        worker (a null value), none named ``GATING_*`` (the run's variables)."""
+        for key in list(env):
+            if env[key] is None:
+                self.r.errors.error(
+                    node.key_mark(key),
+                    f"{what} 'environment': {key!r} is null, which passes the worker's own "
+                    "variable through; a pipeline file from a repository gets none of the "
+                    "worker's environment (give a value)",
+                )
+                del env[key]
+            elif key.upper().startswith("GATING_"):
+                self.r.errors.error(
+                    node.key_mark(key),
+                    f"{what} 'environment': {key!r}: GATING_* variables are the run's own "
+                    "and cannot be set by a pipeline file from a repository",
+                )
+                del env[key]
 
     def architectures(self, node: Node, what: str) -> tuple[tuple[str, ...], tuple[Mark, ...]]:
         entries = self.r.string_list(node, f"{what} 'architectures'", allow_single=True)

@@ -10,6 +10,8 @@ Every builder is derived from declared inputs, never written by hand:
 * one *built-in job builder* per built-in job (``uses: koji-scratch-build``,
   ``uses: koji-export``), named ``PIPELINE/JOB/master``: it runs on the master-side
   coordinators and talks to the build backend;
+* ``uses: in-repo-pipeline`` is a job like the others (one builder per architecture,
+  on the pool's workers): the worker runs the repository's own pipeline file;
 * with the local build backend and a built-in job, the *rpmbuild builder*
   (``gating-rpmbuild``) on the workers of the backend's build architecture: the local
   backend's builds run there, never on the master.
@@ -194,8 +196,8 @@ def _check_runnable(p: Pipeline, job: Job, inventory: Inventory, errors: Collect
     what = f"job '{job.name}'" + (
         f" (matrix entry {job.index})" if len(p.entries(job.name)) > 1 else ""
     )
-    if job.uses is not None:
-        return  # built-in: runs on the master; its backend is checked in make_plan
+    if MASTER_LANE in job.lanes:
+        return  # built-in on the master; its backend is checked in make_plan
     if job.plugin is not None and job.plugin not in SUPPORTED_PLUGINS:
         errors.error(
             job.mark,

@@ -169,6 +169,31 @@ def test_check_of_a_broken_file_prints_exactly_the_expected_errors(name, in_fixt
     assert out.err.splitlines() == expected + [count]
 
 
+def test_check_in_repo_loads_a_repository_file_as_the_worker_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".gating.yaml").write_text(
+        "pipeline: [unit]\njobs:\n  unit: {architectures: [x86_64, arm64], run: make check}\n"
+    )
+    assert main(["check", "--in-repo", ".gating.yaml"]) == 0
+    assert capsys.readouterr().out == (
+        "OK: in-repo pipeline .gating.yaml: 1 job(s), on x86_64, aarch64\n"
+    )
+
+
+def test_check_in_repo_refuses_what_only_the_site_may_say(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".gating.yaml").write_text(
+        "trigger: gate\npipeline: [export]\njobs:\n  export: {uses: koji-export}\n"
+    )
+    assert main(["check", "--in-repo", ".gating.yaml"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(".gating.yaml:1:1: 'trigger': a pipeline file from a repository")
+    assert err[1].startswith(".gating.yaml:4:18: job 'export': 'uses: koji-export'")
+    assert err[2:] == ["2 errors found"]
+    # The same file is a valid site pipeline.
+    assert main(["check", ".gating.yaml"]) == 0
+
+
 def test_every_broken_file_has_expected_messages():
     assert sorted(expected_messages()) == [f"broken/{n}" for n in BROKEN]
 

@@ -1078,3 +1078,290 @@ def test_any_text_or_bytes_gives_a_pipeline_or_errors_with_their_place(text):
 @given(yaml_documents(PIPELINE_DOCUMENTS))
 def test_any_pipeline_shaped_file_gives_a_pipeline_or_errors_with_their_place(text):
     check_pipeline(text)
+
+
+# -- in-repo pipelines and the untrusted mode ------------------------------------
+
+
+def untrusted(text: str) -> tuple[object, list[str]]:
+    return parse(text, name="in-repo", filename=".gating.yaml", trusted=False)
+
+
+def test_the_in_repo_kind_runs_on_its_architectures_with_the_default_file():
+    p = ok(
+        """\
+        trigger: gate
+        pipeline: [own]
+        jobs:
+          own: {uses: in-repo-pipeline, architectures: [x86_64, aarch64], timeout: 600}
+        """
+    )
+    job = p.job("own")
+    assert (job.uses, job.file, job.timeout) == ("in-repo-pipeline", ".gating.yaml", 600)
+    assert job.lanes == ("x86_64", "aarch64")
+    assert MASTER_LANE not in p.lanes()
+
+
+def test_the_in_repo_kind_takes_a_relative_file_and_a_matrix():
+    p = ok(
+        """\
+        trigger: [check, dist_git_commit]
+        pipeline: [own]
+        jobs:
+          own:
+            uses: in-repo-pipeline
+            file: ci/pipeline.yaml
+            matrix:
+              - {architectures: x86_64, series: el9}
+              - {architectures: aarch64, series: el10}
+        """
+    )
+    assert [(j.file, j.series, j.architectures) for j in p.entries("own")] == [
+        ("ci/pipeline.yaml", "el9", ("x86_64",)),
+        ("ci/pipeline.yaml", "el10", ("aarch64",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../x.yaml",
+        "/etc/passwd",
+        "a/../b",
+        "./a",
+        "a//b",
+        "-rf",
+        ".git/config",
+        "sub/.git/HEAD",
+        "a b",
+        "é",
+        "",
+    ],
+)
+def test_an_in_repo_file_outside_the_repository_is_refused_with_its_place(path):
+    errors = errors_of(
+        f"pipeline: [own]\njobs:\n  own: {{uses: in-repo-pipeline, architectures: x86_64, "
+        f"file: {path!r}}}\n"
+    )
+    assert len(errors) == 1 and errors[0].startswith("p1.yaml:3:"), errors
+    assert "must be a relative path inside the project repository" in errors[0]
+
+
+def test_the_in_repo_kind_needs_architectures_and_says_what_does_not_apply():
+    errors = errors_of(
+        """\
+        pipeline: [own]
+        jobs:
+          own: {uses: in-repo-pipeline, run: make, environment: {A: b}}
+        """
+    )
+    assert errors == [
+        "p1.yaml:3:8: job 'own': missing required key 'architectures'",
+        "p1.yaml:3:33: job 'own': key 'run' does not apply to 'in-repo-pipeline' (the "
+        "repository's pipeline file says what runs; allowed: architectures, file, matrix, "
+        "series, timeout, uses)",
+        "p1.yaml:3:44: job 'own': key 'environment' does not apply to 'in-repo-pipeline' (the "
+        "repository's pipeline file says what runs; allowed: architectures, file, matrix, "
+        "series, timeout, uses)",
+    ]
+
+
+def test_file_belongs_to_the_in_repo_kind_only():
+    assert errors_of("pipeline: [a1]\njobs:\n  a1: {architectures: x86_64, file: x.yaml}\n") == [
+        "p1.yaml:3:37: job 'a1': 'file' applies only to 'uses: in-repo-pipeline'"
+    ]
+
+
+def test_the_in_repo_kind_runs_only_on_triggers_with_a_project_commit():
+    errors = errors_of(
+        """\
+        trigger: [gate, koji_build, nightly]
+        pipeline: [own]
+        jobs:
+          own: {uses: in-repo-pipeline, architectures: x86_64}
+        """
+    )
+    assert errors == [
+        "p1.yaml:4:8: job 'own' uses 'in-repo-pipeline', which runs the pipeline file of the "
+        "project commit under test: the pipeline's triggers must be check, dist_git_commit, "
+        "gate, not koji_build, nightly"
+    ]
+
+
+def test_untrusted_uses_of_every_built_in_kind_is_refused_where_it_is_written():
+    for kind in sorted(BUILTIN_KINDS):
+        pipeline, errors = untrusted(f"pipeline: [a1]\njobs:\n  a1: {{uses: {kind}}}\n")
+        assert pipeline is None
+        assert errors == [
+            f".gating.yaml:3:14: job 'a1': 'uses: {kind}': built-in job kinds act with the "
+            "site's rights (the build backend, the export, the repository's pipeline); a "
+            "pipeline file from a repository cannot use them"
+        ]
+
+
+def test_untrusted_uses_of_koji_export_in_a_matrix_entry_is_refused_too():
+    pipeline, errors = untrusted(
+        """\
+        pipeline: [a1]
+        jobs:
+          a1:
+            architectures: x86_64
+            matrix:
+              - {run: make}
+              - {uses: koji-export}
+        """
+    )
+    assert pipeline is None
+    assert [e.split(": ", 1)[0] for e in errors] == [".gating.yaml:7:16"]
+    assert "'uses: koji-export'" in errors[0]
+
+
+def test_untrusted_trigger_is_refused_where_it_is_written():
+    pipeline, errors = untrusted(
+        """\
+        pipeline: [a1]
+        trigger: gate
+        jobs:
+          a1: {architectures: x86_64, run: make}
+        """
+    )
+    assert pipeline is None
+    assert errors == [
+        ".gating.yaml:2:1: 'trigger': a pipeline file from a repository cannot say when it "
+        "runs (the site's pipeline that runs it with 'uses: in-repo-pipeline' decides)"
+    ]
+
+
+def test_a_trusted_file_keeps_its_triggers():
+    assert [
+        t.kind
+        for t in ok(
+            "trigger: gate\npipeline: [a1]\njobs:\n  a1: {architectures: x86_64}\n"
+        ).triggers
+    ] == ["gate"]
+
+
+@pytest.mark.parametrize("key", ["queue", "queues", "projects", "project", "pipelines", "branches"])
+def test_untrusted_membership_keys_are_refused_at_the_top_and_in_jobs(key):
+    pipeline, errors = untrusted(
+        f"{key}: other\npipeline: [a1]\njobs:\n  a1: {{architectures: x86_64, {key}: x}}\n"
+    )
+    assert pipeline is None
+    rule = (
+        "only the site configuration says which queue a project belongs to and which "
+        "pipelines run for it; a pipeline file from a repository cannot"
+    )
+    assert errors == [
+        f".gating.yaml:1:1: '{key}' in the pipeline file: {rule}",
+        f".gating.yaml:4:31: '{key}' in job 'a1': {rule}",
+    ]
+    # A trusted file gets the usual message.
+    trusted = errors_of(f"{key}: other\npipeline: [a1]\njobs:\n  a1: {{architectures: x86_64}}\n")
+    assert len(trusted) == 1
+    assert trusted[0].startswith(f"p1.yaml:1:1: unknown key '{key}' in the pipeline file")
+
+
+def test_untrusted_jobs_cannot_install_packages_or_hand_files_to_the_master():
+    pipeline, errors = untrusted(
+        """\
+        pipeline: [a1, b1]
+        jobs:
+          a1:
+            architectures: x86_64
+            packages: [gcc]
+            snaps: [lxd]
+            package-repositories: [{type: apt, url: "http://example.org"}]
+            output: {paths: [out/*]}
+          b1:
+            architectures: x86_64
+            input: {job-name: a1, target-directory: in}
+        """
+    )
+    assert pipeline is None
+    places = sorted(e.split(": ", 1)[0] for e in errors)
+    assert places == [
+        ".gating.yaml:11:5",
+        ".gating.yaml:5:5",
+        ".gating.yaml:6:5",
+        ".gating.yaml:7:5",
+        ".gating.yaml:8:5",
+    ], errors
+    assert any("'packages': installs packages with the pool's package-install" in e for e in errors)
+    assert any("'output': hands files to the master" in e for e in errors)
+
+
+def test_untrusted_environment_has_no_pass_through_and_no_gating_names():
+    pipeline, errors = untrusted(
+        """\
+        pipeline: [a1]
+        jobs:
+          a1:
+            architectures: x86_64
+            environment:
+              HOME_DIR: null
+              GATING_MERGE_COMMIT: "0000"
+              gating_change: x
+              TOKEN: "%(secret:worker-password)s"
+        """
+    )
+    assert pipeline is None
+    assert [e.split(": ", 1)[0] for e in errors] == [
+        ".gating.yaml:6:7",
+        ".gating.yaml:7:7",
+        ".gating.yaml:8:7",
+    ]
+    assert "'HOME_DIR' is null, which passes the worker's own variable through" in errors[0]
+    assert "GATING_* variables are the run's own" in errors[1]
+
+
+def test_untrusted_text_with_buildbot_renderables_is_kept_literally():
+    pipeline, errors = untrusted(
+        """\
+        pipeline: [a1]
+        jobs:
+          a1:
+            architectures: x86_64
+            environment: {TOKEN: "%(secret:worker-password)s", P: "%(prop:gating_change)s"}
+            run: echo "%(secret:worker-password)s"
+        """
+    )
+    assert errors == []
+    job = pipeline.job("a1")
+    assert dict(job.environment) == {
+        "TOKEN": "%(secret:worker-password)s",
+        "P": "%(prop:gating_change)s",
+    }
+    assert job.run == 'echo "%(secret:worker-password)s"'
+    assert pipeline.trusted is False
+
+
+def test_an_untrusted_lpci_file_without_refused_keys_loads_as_a_trusted_one():
+    pipeline, errors = untrusted(
+        """\
+        pipeline:
+          - build
+          - [test, lint]
+        jobs:
+          build: {architectures: [amd64, arm64], run: make, timeout: 60}
+          test:
+            matrix:
+              - {series: el9, architectures: [x86_64]}
+              - {series: el10, architectures: [x86_64, aarch64]}
+            run: make check
+          lint: {architectures: amd64, plugin: tox, environment: {LANG: C.UTF-8}}
+        license: {spdx: MIT}
+        """
+    )
+    assert errors == []
+    assert pipeline.stages_for("aarch64") == [[("build", 0)], [("test", 1)]]
+    assert pipeline.stages_for("x86_64") == [
+        [("build", 0)],
+        [("test", 0), ("test", 1), ("lint", 0)],
+    ]
+
+
+def test_untrusted_files_keep_every_limit_of_the_loader():
+    jobs = "".join(f"  j{i:03}: {{architectures: x86_64}}\n" for i in range(MAX_JOBS + 1))
+    pipeline, errors = untrusted(f"pipeline: [j000]\njobs:\n{jobs}")
+    assert pipeline is None
+    assert any(f"too many jobs ({MAX_JOBS + 1}; at most {MAX_JOBS})" in e for e in errors)
