@@ -9,6 +9,12 @@
   Scratch RPMs are downloaded from the hub and kept in a local cache (a
   :class:`~gating.localbackend.LocalBackend`), which also makes the overlay repositories.
 
+A koji hub that does not answer (connection refused, timeouts, HTTP 5xx, ``ServerOffline``)
+is waited for, with a capped exponential back-off, for up to ``outage-timeout`` (6 hours by
+default; :mod:`gating.outage`): the builds and the export in progress simply take longer, and
+:meth:`KojiBuildBackend.hub_outage` tells the gate page why. A koji fault (a failed task,
+"bump Release", permission denied) raises at once, with koji's text.
+
 Both follow koji's rules: a scratch build is made once per (package, commit); a non-scratch
 NVR is unique: the same NVR from the same commit is reused, from another commit it is an
 error ("bump Release"); tagging a build twice tags it once.
@@ -43,6 +49,7 @@ from gating.kojiclient import (
     RetryPolicy,
 )
 from gating.localbackend import BackendError, LocalBackend, LocalBuild, NVRConflict
+from gating.outage import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_RETRY_MAX, HubOutage
 
 __all__ = [
     "BackendConfig",
@@ -72,7 +79,9 @@ class BackendConfig:
     """The site's ``backend:`` section (see :mod:`gating.site`). Secrets are names only:
     ``password_secret`` names a Buildbot secret, looked up by :func:`make_backend`.
 
-    ``retry_total``: the koji client's retry budget in seconds (:class:`RetryPolicy`)."""
+    ``outage_timeout``: how long (seconds) a koji call waits for an unreachable hub before
+    it fails (:class:`RetryPolicy` ``total``; default 6 hours); ``outage_retry_max``: the
+    longest wait between two attempts (the cap of the exponential back-off)."""
 
     kind: str = "local"
     profile: str | None = None
@@ -95,7 +104,8 @@ class BackendConfig:
     defines: tuple[tuple[str, str], ...] = ()
     check_build_deps: bool = True
     build_arch: str = "x86_64"
-    retry_total: float = 600.0
+    outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
+    outage_retry_max: float = DEFAULT_RETRY_MAX
     # Where koji's builders clone a project from: a template with {project}; None: the
     # master's SCM mirror as a file URL (a hub on the master's host).
     scm_url: str | None = None
@@ -166,6 +176,8 @@ class BuildBackend(Protocol):
     def drop_overlay(self, name: str) -> None: ...
 
     def tag_repo_url(self, tag: str, arch: str, local_base_url: str) -> str: ...
+
+    def hub_outage(self) -> HubOutage | None: ...
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -324,6 +336,10 @@ class LocalBuildBackend:
         self.local.ensure_tag(tag)
         return f"{local_base_url.rstrip('/')}/tags/{tag}/"
 
+    def hub_outage(self) -> HubOutage | None:
+        """No hub: never unreachable."""
+        return None
+
 
 # -- the koji backend ---------------------------------------------------------------------
 
@@ -335,7 +351,8 @@ class KojiBuildBackend:
 
     ``target``: the build target of non-scratch builds (built with ``skip_tag``: tagging is
     :meth:`tag`'s job); ``scratch_target``: that of scratch builds (default ``target``);
-    ``task_timeout``, ``repo_timeout``: seconds to wait for a build task, for a new repo.
+    ``task_timeout``, ``repo_timeout``: seconds to wait for a build task, for a new repo
+    (the time the hub was unreachable does not count).
     """
 
     kind = "koji"
@@ -557,6 +574,10 @@ class KojiBuildBackend:
             raise KojiError(f"koji hub {self.session.hub}: tag {tag} has no repo")
         return self.session.repo_url(repo, arch)
 
+    def hub_outage(self) -> HubOutage | None:
+        """The hub's outage in progress (calls waiting for it), or ``None``."""
+        return self.session.outage()
+
 
 # -- from the site's configuration --------------------------------------------------------
 
@@ -610,7 +631,11 @@ def _koji_settings(config: BackendConfig, secrets: Mapping[str, str]) -> KojiSet
         raise BackendConfigError("backend 'auth: password' needs a 'password-secret'")
     if config.auth == "password" and not config.user:
         raise BackendConfigError("backend 'auth: password' needs a 'user'")
-    retry = RetryPolicy(total=config.retry_total)
+    retry = RetryPolicy(
+        total=config.outage_timeout,
+        maximum=config.outage_retry_max,
+        initial=min(1.0, config.outage_retry_max),
+    )
     try:
         if config.profile:
             settings = KojiSettings.from_profile(

@@ -367,10 +367,12 @@ class BackendService(service.BuildbotService):
         if stale_prefix:
             yield threads.deferToThread(self._drop_stale, stale_prefix, name)
         overlay_url = self.url("overlays", name) + "/"
+        # koji: a hub call, in a thread (the reactor never waits for a hub, down or not)
+        destination = yield threads.deferToThread(self.destination_url)
         text = overlaymod.repo_file(
             [
                 (f"gating-overlay-{name}"[:200], overlay_url, 1),
-                (f"gating-{self.config.destination_tag}", self.destination_url(), 50),
+                (f"gating-{self.config.destination_tag}", destination, 50),
             ]
         )
         repofile = self.root / "repofiles" / f"{name}.repo"

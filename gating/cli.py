@@ -257,6 +257,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         json.dump(answer, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return 0
+    for note in answer.get("notes") or []:
+        print(f"note: {note.get('text', note)}")
     for queue in answer["queues"]:
         print(f"queue {queue['name']} (window {queue['window']}; {', '.join(queue['projects'])})")
         if not queue["items"]:

@@ -8,12 +8,17 @@ are passed in by the caller, from Buildbot secrets: nothing here reads them from
 
 What it adds to the koji library:
 
-* **Retries with exponential back-off** on connection errors, HTTP 5xx answers, timeouts and
-  ``koji.ServerOffline``, bounded in total time (:class:`RetryPolicy`); when the budget is
-  spent, :class:`KojiUnavailable` names the hub and the call. koji's own retry loop (a fixed
-  interval, 30 times by default) is turned off so there is one policy. koji faults (a
-  ``koji.GenericError`` subclass: the hub ran the call and refused it) are not retried; they
-  are raised as they are, with a note naming the hub and the call.
+* **Waiting through hub outages** (:mod:`gating.outage` decides what an outage is and the
+  back-off): connection errors, HTTP 5xx answers, timeouts, ``koji.ServerOffline`` and
+  ``koji.RetryError`` are retried with a capped exponential back-off for as long as the
+  outage lasts, up to the outage timeout (:class:`RetryPolicy` ``total``, 6 hours by
+  default); then :class:`KojiUnavailable` names the hub (without credentials) and the call.
+  koji's own retry loop (a fixed interval, 30 times by default) is turned off so there is one
+  policy. koji faults (a ``koji.GenericError`` subclass: the hub ran the call and refused it)
+  are not retried; they are raised as they are, with a note naming the hub and the call.
+  :meth:`KojiSession.outage` says whether the hub is unreachable now, since when and why;
+  the time a thread spent waiting for the hub does not count against the timeouts of
+  :meth:`KojiSession.wait_task` and :meth:`KojiSession.wait_repo`.
 * **Never twice**: a call that changes data may have run on the hub even though its answer was
   lost (a dropped connection, a 502 from a proxy, a timeout; a real hub then refuses the same
   call number with ``koji.RetryError``). Such calls are only repeated after checking that the
@@ -34,14 +39,11 @@ numbers must reach the hub in order); the Buildbot glue calls it from threads. N
 
 from __future__ import annotations
 
-import errno
-import http.client
 import logging
 import os
 import posixpath
 import threading
 import time
-import xml.parsers.expat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,33 @@ from xmlrpc.client import Fault
 
 import koji
 import requests
-import urllib3.exceptions
+
+from gating.outage import (
+    FAULT,
+    MAYBE_RUN,
+    HubOutage,
+    OutageTracker,
+    RetryPolicy,
+    classify,
+    describe_error,
+    public_url,
+    unreachable_message,
+)
+
+__all__ = [
+    "KojiCall",
+    "KojiConfigError",
+    "KojiError",
+    "KojiEvent",
+    "KojiSession",
+    "KojiSettings",
+    "KojiTaskFailed",
+    "KojiUnavailable",
+    "RetryPolicy",
+    "TagEvent",
+    "TagHistory",
+    "poll_delays",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +145,27 @@ class KojiConfigError(KojiError, ValueError):
 
 
 class KojiUnavailable(KojiError):
-    """The hub did not answer within the retry budget."""
+    """The hub stayed unreachable longer than the outage timeout (the retry policy's
+    ``total``). The message names the hub (its URL without credentials) and the call."""
 
     def __init__(
-        self, hub: str, call: str, attempts: int, elapsed: float, last: BaseException
+        self,
+        hub: str,
+        call: str,
+        attempts: int,
+        elapsed: float,
+        last: BaseException,
+        timeout: float | None = None,
     ) -> None:
-        self.hub = hub
+        self.hub = public_url(hub)
         self.call = call
         self.attempts = attempts
         self.elapsed = elapsed
         self.last = last
         super().__init__(
-            f"koji hub {hub} unavailable: {call} failed {attempts} time(s) over "
-            f"{elapsed:.1f} s, giving up (last error: {_describe_error(last)})"
+            unreachable_message(
+                hub, call, attempts, elapsed, elapsed if timeout is None else timeout, last
+            )
         )
 
 
@@ -161,23 +197,6 @@ class KojiTaskFailed(KojiError):
         reason = f": {fault}" if fault is not None else ""
         where = f"; log: {log_url}" + (f"; task: {web_url}" if web_url else "")
         super().__init__(f"koji task {task_id} ({method}) {state.lower()}{reason}{where}")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off: waits ``initial``, ``initial * factor``, ... capped at
-    ``maximum``, until ``total`` seconds have passed since the first attempt."""
-
-    total: float = 600.0
-    initial: float = 1.0
-    maximum: float = 60.0
-    factor: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial
-        while True:
-            yield delay
-            delay = min(delay * self.factor, self.maximum)
 
 
 @dataclass(frozen=True)
@@ -380,6 +399,8 @@ class KojiSession:
         self._session: koji.ClientSession | None = None
         self._user: dict[str, Any] | None = None
         self._http: requests.Session | None = None
+        self.outages = OutageTracker(settings.server)
+        self._waited = threading.local()
 
     @classmethod
     def from_profile(cls, profile: str, **kwargs: Any) -> KojiSession:
@@ -399,6 +420,14 @@ class KojiSession:
     def hub(self) -> str:
         return self.settings.server
 
+    def outage(self) -> HubOutage | None:
+        """The hub's current outage (calls are waiting for it to answer), or ``None``."""
+        return self.outages.current()
+
+    def waited(self) -> float:
+        """Seconds the calling thread has spent so far waiting for an unavailable hub."""
+        return getattr(self._waited, "seconds", 0.0)
+
     def close(self) -> None:
         """Log out (once, no retries) and close the HTTP connections."""
         with self._lock:
@@ -409,7 +438,7 @@ class KojiSession:
                     if session.logged_in:
                         session.logout()
                 except Exception as exc:  # noqa: BLE001 - closing is best effort
-                    log.info("koji hub %s: logout failed: %s", self.hub, _describe_error(exc))
+                    log.info("koji hub %s: logout failed: %s", self.hub, describe_error(exc))
                 session.rsession.close()
             if self._http is not None:
                 self._http.close()
@@ -536,6 +565,7 @@ class KojiSession:
         :func:`poll_delays`); its result. FAILED or CANCELED raises
         :class:`KojiTaskFailed`; ``timeout`` (seconds) raises :class:`KojiError`."""
         deadline = None if timeout is None else self._clock() + timeout
+        waited = self.waited()
         delays = poll_delays(poll_interval)
         while True:
             info = self.task_info(task_id)
@@ -544,7 +574,7 @@ class KojiSession:
                 return self.call("getTaskResult", task_id)
             if state in ("FAILED", "CANCELED"):
                 raise self._task_failure(task_id, info)
-            if deadline is not None and self._clock() >= deadline:
+            if deadline is not None and self._clock() >= deadline + self.waited() - waited:
                 raise KojiError(
                     f"koji task {task_id} ({info['method']}) still {state} after "
                     f"{timeout} s: {self.task_url(task_id)}"
@@ -764,12 +794,14 @@ class KojiSession:
         """Poll (as :meth:`wait_task`) until the tag has a READY repo made at ``min_event``
         or later; that repo."""
         deadline = None if timeout is None else self._clock() + timeout
+        waited = self.waited()
         delays = poll_delays(poll_interval)
         while True:
             repo = self.get_repo(tag)
             if repo is not None and repo["create_event"] >= min_event:
                 return repo
-            if deadline is not None and self._clock() >= deadline:
+            # the time spent waiting for an unavailable hub does not count
+            if deadline is not None and self._clock() >= deadline + self.waited() - waited:
                 raise KojiError(
                     f"koji hub {self.hub}: no repo of {tag} at event {min_event} "
                     f"or later after {timeout} s"
@@ -846,47 +878,79 @@ class KojiSession:
         repeatable: bool,
         probe: Callable[[], _Found | None] | None = None,
     ) -> T:
-        """Run ``attempt`` until it succeeds, a fault says no, or the retry budget is spent.
+        """Run ``attempt`` until it succeeds, a fault says no, or the hub stayed unavailable
+        for longer than the outage timeout (``settings.retry.total``, counted from this
+        call's first failure).
 
         Before attempting again a call that may have run, ``probe`` says whether it did (and
         what it returned)."""
         policy = self.settings.retry
-        start = self._clock()
         delays = policy.delays()
+        first_failure: float | None = None
         attempts = 0
         tried = False
-        while True:
-            try:
-                if tried and probe is not None:
-                    found = probe()
-                    if found is not None:
-                        return found.value
-                attempts += 1
-                tried = True
-                return attempt()
-            except Exception as exc:
-                kind = _classify(exc)
-                if kind == "fatal":
-                    exc.add_note(f"koji hub {self.hub}: {describe}")
-                    raise
-                if kind == "ambiguous" and not repeatable and probe is None:
-                    raise KojiError(
-                        f"koji hub {self.hub}: {describe}: the answer was lost and the call "
-                        f"may have run; not repeating it ({_describe_error(exc)})"
-                    ) from exc
-                elapsed = self._clock() - start
-                left = policy.total - elapsed
-                if left <= 0:
-                    raise KojiUnavailable(self.hub, describe, attempts, elapsed, exc) from exc
-                delay = min(next(delays), left)
-                log.warning(
-                    "koji hub %s: %s failed (%s); retrying in %.1f s",
-                    self.hub,
-                    describe,
-                    _describe_error(exc),
-                    delay,
-                )
-                self._sleep(delay)
+        try:
+            while True:
+                try:
+                    if tried and probe is not None:
+                        found = probe()
+                        if found is not None:
+                            self._answered()
+                            return found.value
+                    attempts += 1
+                    tried = True
+                    result = attempt()
+                    self._answered()
+                    return result
+                except Exception as exc:
+                    kind = classify(exc)
+                    if kind == FAULT:
+                        self._answered()
+                        exc.add_note(f"koji hub {public_url(self.hub)}: {describe}")
+                        raise
+                    if kind == MAYBE_RUN and not repeatable and probe is None:
+                        raise KojiError(
+                            f"koji hub {public_url(self.hub)}: {describe}: the answer was lost "
+                            f"and the call may have run; not repeating it "
+                            f"({describe_error(exc)})"
+                        ) from exc
+                    now = self._clock()
+                    if first_failure is None:
+                        first_failure = now
+                    elapsed = now - first_failure
+                    delay = policy.next_wait(next(delays), elapsed)
+                    if delay is None:
+                        raise KojiUnavailable(
+                            self.hub, describe, attempts, elapsed, exc, policy.total
+                        ) from exc
+                    began = self.outages.failed(describe, exc)
+                    if began or attempts == 1 or attempts % 10 == 0:
+                        log.warning(
+                            "koji hub %s %s: %s failed %d time(s) (%s); retrying in %.1f s, "
+                            "for at most %.0f s more",
+                            public_url(self.hub),
+                            "unreachable" if began else "still unreachable",
+                            describe,
+                            attempts,
+                            describe_error(exc),
+                            delay,
+                            policy.total - elapsed,
+                        )
+                    self._sleep(delay)
+        finally:
+            if first_failure is not None:
+                self._waited.seconds = self.waited() + (self._clock() - first_failure)
+
+    def _answered(self) -> None:
+        """The hub answered: an outage in progress has ended."""
+        ended = self.outages.answered()
+        if ended is not None:
+            log.warning(
+                "koji hub %s answers again, after %.0f s unreachable (%d failed attempts)",
+                public_url(self.hub),
+                self.outages.now() - ended.since,
+                ended.failures,
+            )
 
     def _task_failure(self, task_id: int, info: Mapping[str, Any]) -> KojiTaskFailed:
         state = koji.TASK_STATES[info["state"]]
@@ -930,97 +994,6 @@ class KojiSession:
                 log_url = f"{self.pathinfo.task(failed_id)}/{name}"
         web_url = self.task_url(task_id) if self.settings.weburl else None
         return KojiTaskFailed(task_id, info["method"], state, fault, failed_id, log_url, web_url)
-
-
-# ---------------------------------------------------------------------- error classification
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """An exception and those it wraps (args, urllib3's ``reason``, cause, context)."""
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        current = todo.pop()
-        if not isinstance(current, BaseException) or id(current) in seen or len(seen) > 30:
-            continue
-        seen.add(id(current))
-        yield current
-        todo.extend(current.args)
-        todo.extend([getattr(current, "reason", None), current.__cause__, current.__context__])
-
-
-def _classify(exc: BaseException) -> str:
-    """``fatal`` (do not retry), ``not_sent`` (the hub certainly did not run the call) or
-    ``ambiguous`` (it may have: retry only what is safe to repeat)."""
-    if isinstance(exc, koji.ServerOffline):
-        return "not_sent"
-    if isinstance(exc, koji.RetryError):
-        return "ambiguous"
-    if isinstance(exc, koji.AuthError) and not isinstance(exc, koji.AuthExpired):
-        # ssl_login and gssapi_login turn every error, connection errors too, into an
-        # AuthError whose text names the original error.
-        text = str(exc)
-        if (
-            ("ssl auth failed" in text or "gssapi auth failed" in text)
-            and any(
-                word in text
-                for word in (
-                    "ConnectionError",
-                    "Timeout",
-                    "ServerOffline",
-                    "Connection refused",
-                    "RemoteDisconnected",
-                )
-            )
-            and "certificate" not in text.lower()
-        ):
-            return "not_sent"
-        return "fatal"
-    if isinstance(exc, (koji.GenericError, Fault)):
-        return "fatal"
-    if isinstance(exc, requests.exceptions.SSLError) and koji.is_requests_cert_error(exc):
-        return "fatal"
-    if isinstance(exc, requests.exceptions.HTTPError):
-        status = exc.response.status_code if exc.response is not None else 0
-        return "ambiguous" if status >= 500 else "fatal"
-    chain = list(_chain(exc))
-    if any(
-        isinstance(
-            e,
-            (
-                urllib3.exceptions.NewConnectionError,
-                ConnectionRefusedError,
-                requests.exceptions.ConnectTimeout,
-                urllib3.exceptions.ConnectTimeoutError,
-            ),
-        )
-        for e in chain
-    ):
-        return "not_sent"
-    if any(getattr(e, "errno", None) == errno.ECONNREFUSED for e in chain):
-        return "not_sent"
-    if isinstance(
-        exc,
-        (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
-            http.client.HTTPException,
-            xml.parsers.expat.ExpatError,
-            ConnectionError,
-            TimeoutError,
-        ),
-    ):
-        return "ambiguous"
-    return "fatal"
-
-
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}"
 
 
 def _describe_call(method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:

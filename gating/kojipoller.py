@@ -6,6 +6,12 @@ Events come from polling the hub (``source: poll``: one multicall per cycle, see
 :mod:`gating.kojiamqp`). The poll cursor and the keys of the events already fired are kept
 in the master's database (Buildbot's object state), so a restarted master neither misses
 nor repeats an event. As a Buildbot scheduler it is active on one master at a time.
+
+A hub that does not answer costs a poll cycle, not the poller: a cycle's retries stop
+within about one poll interval (:func:`gating.outage.poll_cycle_policy`), the cursor stays
+where it was, and the next cycle asks again from it, so the events of the outage are
+delivered, once, when the hub answers again. Meanwhile :meth:`KojiEventScheduler.status`
+(and the gate page) says since when the hub is unreachable.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, task, threads
 from twisted.python import log
 
-from gating.kojiclient import KojiSession, KojiSettings
+from gating.kojiclient import KojiSession, KojiSettings, KojiUnavailable
 from gating.kojievents import (
     KOJI_BUILD,
     Cursor,
@@ -34,6 +40,7 @@ from gating.kojievents import (
     poll_calls,
     with_details,
 )
+from gating.outage import HubOutage, poll_cycle_policy
 from gating.siteevents import TaskRepoConfig
 from gating.taskrunner import TASK_WORKDIR, TaskRepoRunner
 
@@ -65,11 +72,15 @@ class KojiEventSettings:
     task_repos: TaskRepoConfig | None = None
 
     def session(self) -> KojiSession:
-        """A read-only (anonymous) session: polling needs no login."""
+        """A read-only (anonymous) session: polling needs no login. Its retries last about
+        one poll cycle: the next cycle tries again."""
+        retry = poll_cycle_policy(self.poll_interval)
         if self.profile:
-            return KojiSession(KojiSettings.from_profile(self.profile))
+            return KojiSession(KojiSettings.from_profile(self.profile, retry=retry))
         assert self.server and self.topurl
-        return KojiSession(KojiSettings(server=self.server, topurl=self.topurl, weburl=self.weburl))
+        return KojiSession(
+            KojiSettings(server=self.server, topurl=self.topurl, weburl=self.weburl, retry=retry)
+        )
 
 
 class KojiEventScheduler(ReconfigurableBaseScheduler):
@@ -93,6 +104,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         self._lock = defer.DeferredLock()
         self._runner: TaskRepoRunner | None = None
         self.polls = 0
+        self.failed_polls = 0  # consecutive failed poll cycles
 
     def checkConfig(  # type: ignore[override]
         self, builderNames: list[str], settings: KojiEventSettings, **kwargs: Any
@@ -166,9 +178,22 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
     def _poll(self) -> Any:
         try:
             cursor, events = yield threads.deferToThread(self._poll_blocking, self._cursor)
+        except KojiUnavailable as exc:
+            self.failed_polls += 1
+            if self.failed_polls == 1 or self.failed_polls % 10 == 0:
+                log.msg(
+                    f"{self.name}: koji hub {exc.hub} unreachable ({self.failed_polls} poll "
+                    f"cycle(s)); polling again in {self.settings.poll_interval:g} s from the "
+                    "same event: none is lost"
+                )
+            return
         except Exception as exc:
+            self.failed_polls += 1
             log.msg(f"{self.name}: koji poll failed, retrying next cycle: {exc}")
             return
+        if self.failed_polls:
+            log.msg(f"{self.name}: koji poll works again after {self.failed_polls} failed cycle(s)")
+            self.failed_polls = 0
         self.polls += 1
         for event in events:
             yield self._fire(event)
@@ -266,12 +291,19 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         yield self.setState(CURSOR_KEY, self._cursor.to_json())
         yield self.setState(FIRED_KEY, list(self._fired))
 
+    def hub_outage(self) -> HubOutage | None:
+        """The polled hub's outage in progress, or ``None``."""
+        return self._session.outage() if self._session is not None else None
+
     def status(self) -> dict[str, Any]:
+        outage = self.hub_outage()
         return {
             "source": self.settings.source,
             "cursor": self._cursor.to_json(),
             "polls": self.polls,
+            "failed_polls": self.failed_polls,
             "fired": len(self._fired),
+            "hub_outage": outage.to_json(time.time()) if outage is not None else None,
         }
 
 

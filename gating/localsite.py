@@ -191,7 +191,8 @@ class LocalSite:
 
     def start(self, timeout: float = 90) -> None:
         proc = subprocess.run(
-            [_bin("buildbot"), "start", str(self.master_dir)],
+            # buildbot's own wait is 10 s: too short on a loaded host
+            [_bin("buildbot"), "start", f"--start_timeout={timeout:g}", str(self.master_dir)],
             env=self.env(),
             capture_output=True,
             text=True,

@@ -52,6 +52,9 @@
       target: rdo-liberty                # build target of the non-scratch builds
       scratch-target: rdo-liberty        # of the scratch builds (default: target)
       poll-interval: 5                   # seconds between task polls
+      outage-timeout: 21600              # seconds an unreachable hub is waited for (6 h)
+                                         # before the item waiting for it fails
+      outage-retry-max: 60               # the longest wait between two attempts
       scm-url: git+https://gating.example.org/scm/{project}.git   # where koji clones from
                                          # (serve BASEDIR/backend/scm/ there); default:
                                          # git+file:// of that folder (a hub on this host)
@@ -258,6 +261,8 @@ BACKEND_KEYS = frozenset(
         "poll-interval",
         "defines",
         "check-build-deps",
+        "outage-timeout",
+        "outage-retry-max",
     }
 )
 KOJI_ONLY = (
@@ -275,6 +280,8 @@ KOJI_ONLY = (
     "target",
     "scratch-target",
     "scm-url",
+    "outage-timeout",
+    "outage-retry-max",
 )
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
@@ -767,6 +774,11 @@ def _backend(r: Reader, node: Node) -> BackendConfig | None:
         interval = r.integer(f["poll-interval"], "backend 'poll-interval' (seconds)", minimum=1)
         if interval is not None:
             kw["poll_interval"] = float(interval)
+    for key in ("outage-timeout", "outage-retry-max"):
+        if key in f:
+            seconds = r.integer(f[key], f"backend '{key}' (seconds)", minimum=1)
+            if seconds is not None:
+                kw[key.replace("-", "_")] = float(seconds)
     if "check-build-deps" in f:
         value = f["check-build-deps"].value
         if not isinstance(value, bool):

@@ -640,6 +640,58 @@ def test_make_backend_from_a_koji_profile(
         )
 
 
+def test_make_backend_waits_for_an_unreachable_hub_as_configured(tmp_path: Path) -> None:
+    base = koji_config("http://koji.invalid/kojihub", "http://koji.invalid/kojifiles")
+    backend = make_backend(base, tmp_path, {"koji-password": PASSWORD})
+    assert isinstance(backend, KojiBuildBackend)
+    # the default: 6 hours, 1 s doubling up to 60 s between attempts
+    assert backend.session.settings.retry == RetryPolicy(total=21600, initial=1, maximum=60)
+    scaled = dataclasses.replace(base, outage_timeout=120.0, outage_retry_max=0.5)
+    backend = make_backend(scaled, tmp_path, {"koji-password": PASSWORD})
+    assert isinstance(backend, KojiBuildBackend)
+    assert backend.session.settings.retry == RetryPolicy(total=120, initial=0.5, maximum=0.5)
+
+
+def test_the_hub_outage_is_the_sessions(kb: KojiBuildBackend, local: LocalBuildBackend) -> None:
+    assert local.hub_outage() is None  # no hub
+    assert kb.hub_outage() is None
+    kb.session.outages.failed("getTaskInfo(1)", ConnectionRefusedError(111, "refused"))
+    outage = kb.hub_outage()
+    assert outage is not None and outage.hub == kb.session.hub and outage.failures == 1
+    kb.session.call("getLastEvent")  # the hub answers: the outage is over
+    assert kb.hub_outage() is None
+
+
+def test_koji_scratch_build_and_export_steps_wait_through_an_outage(
+    kb: KojiBuildBackend, hub: KojiTestHub, dg: DistGit
+) -> None:
+    """The hub stops listening while a scratch build task runs, and answers 503 while the
+    release build is tagged: both finish once it is back, nothing is made twice."""
+    commit = dg.commit()
+    kb.session.login()
+    hub.build_delay = 1.0
+    done: list[object] = []
+    thread = threading.Thread(
+        target=lambda: done.append(kb.scratch_build(dg.name, dg.url(commit), commit))
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not scratch_tasks(hub):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    hub.fail_next(kind="refused", duration=2)
+    thread.join(timeout=120)
+    hub.build_delay = 0.0
+    assert done and len(scratch_tasks(hub)) == 1
+    nvr = kb.release_build(dg.name, dg.url(commit), commit).nvr
+    hub.fail_next(kind="http503", duration=2)
+    assert kb.tag("el9", nvr) is True
+    kb.publish_repo("el9")
+    assert hub.tagged("el9") == [nvr] and len(hub.tasks("tagBuild")) == 1
+    assert kb.hub_outage() is None
+    assert "http503" in {outcome for _, _, outcome in hub.rpc_log}
+
+
 def test_make_backend_missing_secret_names_it(hub: KojiTestHub, tmp_path: Path) -> None:
     with pytest.raises(BackendConfigError, match="'password-secret'.*'koji-password'") as err:
         make_backend(koji_config(hub.url, hub.topurl), tmp_path, {"another": PASSWORD})

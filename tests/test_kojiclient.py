@@ -575,3 +575,101 @@ def test_one_session_shared_by_threads(hub: KojiTestHub, ks: KojiSession, distgi
         thread.join()
     assert errors == []
     assert hub.tagged("el9") == ["hello-gating-1.0-1.el9"]
+
+
+# ---------------------------------------------------------------------- hub outages
+
+
+class VirtualTime:
+    """The session's clock and sleep: each wait advances the clock at once (a few
+    milliseconds of real time), so hours of outage take a second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep: list[object] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        for hook in self.on_sleep:
+            hook()  # type: ignore[operator]
+        time.sleep(0.002)
+
+
+def test_an_outage_of_hours_is_waited_through_with_a_capped_back_off(hub: KojiTestHub) -> None:
+    vt = VirtualTime()
+    with KojiSession(
+        settings(hub, retry=RetryPolicy()), sleep=vt.sleep, clock=vt.clock
+    ) as ks:  # the defaults: 1 s doubling up to 60 s, for 6 hours
+        ks.login()
+        seen: list[object] = []
+        vt.on_sleep.append(lambda: seen.append(ks.outage()))
+        hub.fail_next(150, "http503")
+        assert ks.call("getTag", "el9")["name"] == "el9"
+        assert ks.outage() is None  # the hub answered: the outage is over
+        assert ks.waited() == pytest.approx(vt.now)
+    # 150 failed attempts, 2.4 hours: far past the old 10-minute budget
+    assert len(vt.sleeps) == 150 and vt.now > 2 * 3600
+    assert vt.sleeps[:8] == [1, 2, 4, 8, 16, 32, 60, 60] and max(vt.sleeps) == 60
+    first, last = seen[0], seen[-1]
+    assert first is not None and last is not None
+    assert (first.failures, last.failures) == (1, 150)  # type: ignore[attr-defined]
+    assert last.call == "getTag('el9')"  # type: ignore[attr-defined]
+    assert last.error.startswith("HTTPError: 503")  # type: ignore[attr-defined]
+    assert ks.outages.outages == 1
+
+
+def test_after_the_outage_timeout_the_call_fails_naming_the_hub_without_credentials(
+    hub: KojiTestHub,
+) -> None:
+    vt = VirtualTime()
+    server = hub.url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    quick = RetryPolicy(total=600, maximum=60)
+    hub.fail_next(1000, "http503")
+    anonymous = settings(hub, server=server, auth=None, user=None, password=None, retry=quick)
+    with KojiSession(anonymous, sleep=vt.sleep, clock=vt.clock) as ks:
+        with pytest.raises(KojiUnavailable) as err:
+            ks.call("getBuildTarget", "el9-gate")
+    hub.clear_faults()
+    message = str(err.value)
+    assert message.startswith(f"koji hub {hub.url} unreachable: getBuildTarget('el9-gate')")
+    assert "outage timeout of 600 s (backend 'outage-timeout')" in message
+    assert "HTTPError: 503" in message
+    assert PASSWORD not in message and f"{USER}:" not in message
+    assert vt.now == pytest.approx(600)
+    assert err.value.hub == hub.url
+
+
+def test_a_koji_fault_fails_at_once_and_ends_the_outage(hub: KojiTestHub) -> None:
+    vt = VirtualTime()
+    with KojiSession(settings(hub, retry=RetryPolicy()), sleep=vt.sleep, clock=vt.clock) as ks:
+        ks.login()
+        hub.fail_next(3, "offline")
+        with pytest.raises(koji.GenericError, match="No such build") as err:
+            ks.call("getBuild", "nope-1-1", strict=True)
+        assert vt.sleeps == [1, 2, 4]  # the outage, then the fault: not retried
+        assert ks.outage() is None
+        assert any(hub.url in note for note in err.value.__notes__)
+        # a fault with the hub up: no wait at all
+        with pytest.raises(koji.ActionNotAllowed):
+            ks.call("newRepo", "el9")
+        assert vt.sleeps == [1, 2, 4]
+
+
+def test_waiting_for_the_hub_does_not_count_against_the_repo_timeout(hub: KojiTestHub) -> None:
+    vt = VirtualTime()
+    with KojiSession(settings(hub, retry=RetryPolicy()), sleep=vt.sleep, clock=vt.clock) as ks:
+        ks.login()
+        hub.fail_next(20, "http503", method="getRepo")
+        with pytest.raises(KojiError, match="no repo of el9 at event"):
+            ks.wait_repo("el9", 2**40, poll_interval=5, timeout=30)
+        outage = sum([1, 2, 4, 8, 16, 32] + [60] * 14)
+        assert ks.waited() == pytest.approx(outage)
+    # it polled on for 30 s after the 15-minute outage (before: it gave up at once)
+    polls = vt.sleeps[20:]
+    assert sum(polls) >= 30 and len(polls) > 5
+    assert vt.now >= outage + 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gating.kojievents import KOJI_TAG, WatchSet, watch_of
 from gating.kojipoller import KojiEventSettings, _with_password
+from gating.outage import RetryPolicy
 
 
 def test_the_amqp_password_goes_into_the_url_quoted():
@@ -24,4 +25,16 @@ def test_settings_are_hashable_and_compare_by_value():
     assert a == b and hash(a) == hash(b)
     session = a.session()
     assert session.hub == "http://h/kojihub"
+    session.close()
+
+
+def test_a_poll_cycle_gives_a_down_hub_about_one_poll_interval():
+    watches = WatchSet((watch_of("p", KOJI_TAG, {"tag": ["a"]}),))
+    settings = KojiEventSettings(
+        watches=watches, server="http://h/kojihub", topurl="http://h/files", poll_interval=30
+    )
+    session = settings.session()
+    # the next cycle asks again from the same cursor: no 6-hour wait inside a cycle
+    assert session.settings.retry == RetryPolicy(total=30, initial=1, maximum=15)
+    assert session.outage() is None
     session.close()

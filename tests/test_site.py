@@ -382,6 +382,16 @@ def test_a_koji_backend_is_read():
     )
     assert (b.candidate_tag, b.poll_interval) == ("rdo-liberty-candidate", 2.0)
     assert b.scm_url == "git+https://gating.example.org/scm/{project}.git"
+    # an unreachable hub is waited for 6 hours, at most a minute between attempts
+    assert (b.outage_timeout, b.outage_retry_max) == (21600.0, 60.0)
+
+
+def test_the_koji_outage_settings_are_read():
+    site, errors = parse(
+        "backend: {type: koji, profile: koji, target: t, outage-timeout: 3600, outage-retry-max: 5}"
+    )
+    assert errors == []
+    assert (site.backend.outage_timeout, site.backend.outage_retry_max) == (3600.0, 5.0)
 
 
 @pytest.mark.parametrize(
@@ -406,6 +416,15 @@ def test_a_koji_backend_is_read():
             "backend 'scm-url': expected a git URL template with {project}",
         ),
         ("backend: {scm-url: 'git+https://x/{project}.git'}", "applies to type 'koji' only"),
+        ("backend: {outage-timeout: 60}", "backend 'outage-timeout' applies to type 'koji' only"),
+        (
+            "backend: {type: koji, profile: k, target: t, outage-timeout: 0}",
+            "backend 'outage-timeout' (seconds): expected an integer of at least 1, got 0",
+        ),
+        (
+            "backend: {type: koji, profile: k, target: t, outage-retry-max: soon}",
+            "backend 'outage-retry-max' (seconds): expected an integer, got a string",
+        ),
     ],
 )
 def test_bad_backend_settings_are_named(text, message):

@@ -13,6 +13,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from gating.forge import ForgeError
+from gating.outage import OutageTracker
 from gating.queue import QueueError
 from gating.www import (
     ApproveResource,
@@ -20,6 +21,7 @@ from gating.www import (
     GatingApp,
     QueueResource,
     WhoAmIResource,
+    gate_notes,
 )
 
 
@@ -99,6 +101,28 @@ def test_queue_serves_the_scheduler_status():
     body = QueueResource(app_with(FakeScheduler())).render_GET(request)
     assert json.loads(body)["queues"][0]["name"] == "rdo"
     assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+
+
+def test_an_unreachable_koji_hub_is_a_gate_note_in_the_queue():
+    hub = "https://bot:pw@koji.example.org/kojihub"
+    backend, poller = OutageTracker(hub, lambda: 1000.0), OutageTracker(hub, lambda: 1010.0)
+    services = {"gating-backend": SimpleNamespace(backend=SimpleNamespace(hub_outage=None))}
+    services["gating-backend"].backend.hub_outage = backend.current
+    app = app_with(FakeScheduler())
+    app.master.service_manager = SimpleNamespace(namedServices=services)
+    app.master.scheduler_manager.namedServices["koji-events"] = SimpleNamespace(
+        hub_outage=poller.current
+    )
+    assert json.loads(QueueResource(app).render_GET(DummyRequest([b""])))["notes"] == []
+    backend.failed("getTaskInfo(7)", ConnectionRefusedError(111, "Connection refused"))
+    poller.failed("multiCall(getLastEvent)", ConnectionRefusedError(111, "Connection refused"))
+    (note,) = json.loads(QueueResource(app).render_GET(DummyRequest([b""])))["notes"]
+    assert note["kind"] == "hub-unreachable" and note["hub"] == "https://koji.example.org/kojihub"
+    assert note["users"] == ["build backend", "koji events"]  # one hub, one note
+    assert note["since"] == 1000.0 and note["failures"] == 1
+    assert note["text"].startswith("koji hub https://koji.example.org/kojihub unreachable since")
+    assert "pw" not in json.dumps(note)
+    assert gate_notes(None) == []
 
 
 def test_queue_without_a_gate_is_404():

@@ -1,7 +1,8 @@
 """The master's HTTP API for the gate, mounted by Buildbot's web server as a www plugin
 at ``/plugins/gating/`` (enabled by ``c['www']['plugins']['gating']``).
 
-* ``GET  api/queue``: every queue with its items in order (``gating queue --json``);
+* ``GET  api/queue``: every queue with its items in order (``gating queue --json``), and
+  ``notes``: what holds the whole gate up (a koji hub unreachable: :func:`gate_notes`);
 * ``POST api/approve`` ``{"project": P, "change": N}``: put a change in the gate
   (``gating approve P N``); errors are ``400 {"error": message}`` and change nothing;
   ``503`` when no master of a cluster holds the gate within 30 s (a takeover);
@@ -45,9 +46,40 @@ from twisted.web import resource, server, static
 from gating import gaterpc, gateview
 from gating import runsdb as runs
 from gating.composepoller import COMPOSE_SCHEDULER, list_reports, report_path
+from gating.kojipoller import KOJI_SCHEDULER
 from gating.queue import QueueError
 
 GATE = "gate"
+
+
+def gate_notes(master: Any, now: float | None = None) -> list[dict[str, Any]]:
+    """Gate-level notes: each koji hub this master's build backend or koji events poller
+    cannot reach right now (``kind`` ``hub-unreachable``, ``text``, ``hub`` without
+    credentials, ``since``, ``seconds``, ``failures``, ``error``). Builds and exports wait
+    for such a hub; no item fails for it before the backend's ``outage-timeout``."""
+    if master is None:
+        return []
+    now = time.time() if now is None else now
+    found: list[Any] = []
+    services = getattr(getattr(master, "service_manager", None), "namedServices", {})
+    backend = getattr(services.get("gating-backend"), "backend", None)
+    if backend is not None and hasattr(backend, "hub_outage"):
+        found.append(("build backend", backend.hub_outage()))
+    schedulers = getattr(getattr(master, "scheduler_manager", None), "namedServices", {})
+    poller = schedulers.get(KOJI_SCHEDULER)
+    if poller is not None and hasattr(poller, "hub_outage"):
+        found.append(("koji events", poller.hub_outage()))
+    notes: list[dict[str, Any]] = []
+    for user, outage in found:
+        if outage is None:
+            continue
+        note = outage.to_json(now)
+        same = next((n for n in notes if n["hub"] == note["hub"]), None)
+        if same is not None:
+            same["users"].append(user)
+            continue
+        notes.append({"kind": "hub-unreachable", "users": [user], **note})
+    return notes
 
 
 def _json(request: Any, code: int, payload: Any) -> bytes:
@@ -120,13 +152,14 @@ class QueueResource(_GateResource):
         scheduler = self.scheduler()
         if scheduler is None:
             return _json(request, 404, {"error": "no gate is configured on this master"})
+        notes = gate_notes(self.app.master)
         if getattr(scheduler, "gate", None) is not None:
-            return _json(request, 200, scheduler.status())
+            return _json(request, 200, {**scheduler.status(), "notes": notes})
         # Not active here (another master of the cluster holds the gate, or none yet):
         # the queues as last saved in the shared database.
 
         def done(status: Any) -> None:
-            request.write(_json(request, 200, status))
+            request.write(_json(request, 200, {**status, "notes": notes}))
             request.finish()
 
         def failed(f: Any) -> None:
@@ -266,7 +299,7 @@ class GateViewResource(_GateResource):
         found = gateview.assemble_runs(
             tops, requests, builds, children, names, _plan(master), estimates, now
         )
-        return 200, gateview.gate_view(status, found, now)
+        return 200, {**gateview.gate_view(status, found, now), "notes": gate_notes(master, now)}
 
 
 class RunResource(_Collection):

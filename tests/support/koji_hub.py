@@ -56,8 +56,8 @@ The topurl (``/kojifiles``) serves ``packages/``, ``work/`` and ``repos/`` under
 HTTP ``GET``/``HEAD`` (directories as a small HTML index).
 
 Test-side helpers (Python, not HTTP): :meth:`add_user`, :meth:`create_tag`,
-:meth:`create_target`, :meth:`fail_next` (``refused``, ``reset``, ``http500``, ``offline``,
-``slow``, ``lost``), :meth:`fail_builds`, :attr:`build_delay`, :attr:`task_log`,
+:meth:`create_target`, :meth:`fail_next` (``refused``, ``reset``, ``http500``, ``http503``,
+``offline``, ``slow``, ``lost``), :meth:`fail_builds`, :attr:`build_delay`, :attr:`task_log`,
 :attr:`request_count`, :attr:`rpc_log`, :meth:`builds`, :meth:`tasks`, :meth:`tagged`,
 :meth:`wait_idle`, :meth:`client_cert`.
 """
@@ -95,7 +95,7 @@ from koji.xmlrpcplus import Fault, dumps
 HUB_PATH = "/kojihub"
 FILES_PATH = "/kojifiles"
 KOJI_VERSION = "1.36.1"
-FAULT_KINDS = ("refused", "reset", "http500", "offline", "slow", "lost")
+FAULT_KINDS = ("refused", "reset", "http500", "http503", "offline", "slow", "lost")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # Methods that change data: their call number is remembered, so that the same call number
 # again is a RetryError (as the real hub remembers the call number of a committed call).
@@ -611,14 +611,16 @@ class KojiTestHub:
     ) -> None:
         """Inject faults into hub (XML-RPC) requests.
 
-        ``kind``: ``http500`` (an HTTP 500 answer), ``offline`` (koji's ``ServerOffline``
-        fault, as a hub in maintenance answers), ``slow`` (answer ``delay`` seconds late),
-        ``reset`` (close the connection with no answer, before running the call), ``lost`` (run
-        the call, then close the connection with no answer), all before the call is run except
-        ``lost``; for the next ``n`` requests, or for every request during ``duration``
-        seconds; with ``method``, only requests calling that method (alone or in a multiCall)
-        count. ``refused``: stop listening at once for ``duration`` seconds (default 1): new
-        connections are refused, then the hub listens again on the same port.
+        ``kind``: ``http500`` (an HTTP 500 answer), ``http503`` (503 Service Unavailable, as
+        the proxy in front of a hub being restarted answers), ``offline`` (koji's
+        ``ServerOffline`` fault, as a hub in maintenance answers), ``slow`` (answer
+        ``delay`` seconds late), ``reset`` (close the connection with no answer, before
+        running the call), ``lost`` (run the call, then close the connection with no
+        answer), all before the call is run except ``lost``; for the next ``n`` requests,
+        or for every request during ``duration`` seconds; with ``method``, only requests
+        calling that method (alone or in a multiCall) count. ``refused``: stop listening at
+        once for ``duration`` seconds (default 1): new connections are refused, then the hub
+        listens again on the same port.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")
@@ -878,6 +880,10 @@ class KojiTestHub:
         if fault is not None and fault.kind == "http500":
             self._log_rpc(method, subs, "http500")
             handler._plain(500, "Internal Server Error\n")
+            return
+        if fault is not None and fault.kind == "http503":
+            self._log_rpc(method, subs, "http503")
+            handler._plain(503, "Service Unavailable\n", [("Retry-After", "5")])
             return
         if fault is not None and fault.kind == "reset":
             self._log_rpc(method, subs, "reset")

@@ -399,6 +399,10 @@
     ready && data.active === false
       ? h("div", { className: "alert alert-info" }, "The gate is held by another master; this is its last saved state.")
       : null,
+    ready ? (data.notes || []).map((note) => h("div", {
+      key: `${note.kind}/${note.hub}`, className: "alert alert-warning gating-note",
+      "data-testid": "gate-note", "data-kind": note.kind,
+    }, note.text)) : null,
     ready ? (data.queues || []).map((queue) => h(QueueView, {
       key: queue.name, queue, now: data.now, admin: who.admin, onChange: gate.reload,
     })) : null,
