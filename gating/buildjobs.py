@@ -413,6 +413,9 @@ class GateProxy:
     ) -> defer.Deferred:
         return gaterpc.call(self.master, "export_step", key, attempt, step, details or {})
 
+    def export_check_branch(self, key: str, attempt: int) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_check_branch", key, attempt)
+
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         return gaterpc.call(self.master, "export_tagging", key, attempt, nvr, tag)
 
@@ -624,6 +627,15 @@ class Export(_BuiltinStep):
             self._waiting = gate.export_acquire(key, attempt)
             yield self._waiting
             yield self.say("holding the export section")
+            # Nothing is built or tagged for a state that can no longer merge: a branch
+            # moved outside the gate sends the item back to testing on the new tip.
+            if not (yield gate.export_check_branch(key, attempt)):
+                yield self.say(
+                    "not exported: the branch moved outside the gate (the item is tested "
+                    "again on the new tip), or this attempt is no longer current"
+                )
+                self.descriptionDone = ["not exported: the branch moved or the item was reset"]
+                return results.CANCELLED
             # Each step goes to the gate's export journal before the next one runs, so a
             # master killed anywhere in the section finishes or undoes it on restart.
             intent = {

@@ -100,6 +100,8 @@ class FakeGate:
         self.refuse: str | None = None  # the journal step the gate answers "stop" to
         self.journal: list[tuple[str, dict]] = []
         self.backend_seconds: list[float | None] = []  # as reported with each outcome
+        self.branch_moved = False  # export_check_branch answers "stop" when True
+        self.branch_checks: list[tuple[str, int]] = []
 
     def export_step(
         self, key: str, attempt: int, step: str, details: dict | None = None
@@ -111,6 +113,10 @@ class FakeGate:
     def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
         self.calls.append(f"acquire {key} {attempt}")
         return self.grant
+
+    def export_check_branch(self, key: str, attempt: int) -> defer.Deferred:
+        self.branch_checks.append((key, attempt))
+        return defer.succeed(not self.branch_moved)
 
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         self.calls.append(f"tagging {nvr}")
@@ -237,6 +243,19 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             "different commit: bump Release",
         )
         self.assertFalse(any(c.startswith("tag ") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_a_branch_moved_outside_the_gate_stops_the_export_before_anything_is_built(self):
+        from buildbot.process.results import CANCELLED
+
+        self.wire(Export())
+        self.gate.branch_moved = True
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=CANCELLED)
+        yield self.run_step()
+        self.assertEqual(self.gate.branch_checks, [("ceilometer~2", 1)])
+        # Asked once it holds the section; then nothing: no journal, no build, no tag.
+        self.assertEqual(self.service.calls, ["acquire ceilometer~2 1"])
 
     @defer.inlineCallbacks
     def test_a_stale_attempt_is_not_reported_landed(self):
