@@ -531,7 +531,16 @@ class ScratchBuild(_BuiltinStep):
         prefix = (
             overlaymod.overlay_prefix(item["queue"], item["change"]) if item["change"] else None
         )
-        _path, overlay_url, repofile_url, text = yield svc.make_overlay(name, builds, prefix)
+        try:
+            _path, overlay_url, repofile_url, text = yield svc.make_overlay(name, builds, prefix)
+        except Exception as exc:  # e.g. a full disk: the overlay was left as it was
+            reason = f"overlay repository {name}: {exc}"
+            yield self.say(f"error: {reason}")
+            self.descriptionDone = [reason[:250]]
+            gate = _gate(self.master)
+            if item["change"] and gate is not None:
+                yield gate.job_failed(item["change"], item["attempt"], reason)
+            return results.FAILURE
         yield self.say(f"overlay {name}: {overlay_url}")
         yield self.say("repo file:\n" + text)
         yield self.addURL("overlay repository", overlay_url)

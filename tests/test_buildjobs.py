@@ -69,6 +69,7 @@ class FakeService:
         self.backend = FakeBackend(self.calls)
         self.release_error: Exception | None = None
         self.scratch_error: dict[str, Exception] = {}
+        self.overlay_error: Exception | None = None
 
     def release(self, project: str, commit: str, step: Any) -> defer.Deferred:
         self.calls.append(f"release {project} {commit[:4]}")
@@ -88,6 +89,8 @@ class FakeService:
 
     def make_overlay(self, name: str, builds: list[Any], prefix: str | None) -> defer.Deferred:
         self.calls.append(f"overlay {name} {[b.nvr for b in builds]} {prefix}")
+        if self.overlay_error is not None:
+            return defer.fail(self.overlay_error)
         url = f"http://m/plugins/gating/repos/overlays/{name}/"
         return defer.succeed((Path("/x"), url, f"http://m/r/{name}.repo", "[gating-x]\n"))
 
@@ -435,6 +438,24 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             self.service.calls,
         )
         self.assertFalse(any(c.startswith("overlay") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_an_overlay_that_cannot_be_written_fails_the_item_at_once_saying_where(self):
+        from gating.localbackend import RepositoryWriteError
+
+        self.wire(ScratchBuild())
+        repo = Path("/srv/backend/overlays/gate-rdo-ceilometer-2-1")
+        self.service.overlay_error = RepositoryWriteError(
+            repo, OSError(28, "No space left on device", "/srv/backend/overlays/.staging/x")
+        )
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertEqual(
+            self.service.calls[-1],
+            "job failed ceilometer~2: overlay repository gate-rdo-ceilometer-2-1: cannot "
+            f"write repository {repo}: No space left on device "
+            "(/srv/backend/overlays/.staging/x); it was left as it was",
+        )
 
     @defer.inlineCallbacks
     def test_an_item_ahead_without_a_merge_commit_is_named(self):

@@ -2,8 +2,13 @@
 workers over PB, real git, ``rpmbuild`` on a worker and ``createrepo_c``.
 
 * A branch moved outside the gate (someone pushes to ``main`` directly) while an item is
-  tested, or while it waits to merge after its RPM landed: the item is tested again on
-  the new tip, never merged blindly; it merges once, with its RPM landed once.
+  tested: the item is tested again on the new tip, never merged blindly; it merges once,
+  with its RPM landed once.
+* A full disk where the repositories are written (a small tmpfs mounted over the
+  backend's ``overlays/``, then over ``tags/``, and filled up): the item fails with an error
+  naming the place and ``No space left on device``, nothing is half published (the
+  destination's repodata stays the previous one, no partial RPM or repodata is visible),
+  nothing is merged; once there is room again, the change approved again merges.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from tests.integration.test_export_local import (
     tag_states,
     wait_finished,
 )
-from tests.integration.test_gate import git, propose
+from tests.integration.test_gate import git, propose, queue_json
+from tests.support import smallfs
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("rpmbuild", "createrepo_c", "git")),
@@ -141,3 +147,129 @@ def test_a_branch_moved_while_the_item_is_tested_is_tested_again_on_the_new_tip(
     done = wait_finished(site, [key])
     check_merged_once_on_top_of(site, key, done[key], outside, "nova-12.0.1-1")
     assert done[key]["attempt"] >= 2
+
+
+# -- a full disk where the repositories are written ------------------------------------
+
+
+@pytest.fixture
+def small_fs():
+    why = smallfs.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    mounted: list[smallfs.SmallFilesystem] = []
+
+    def mount(path: Path, size: str = "8m") -> smallfs.SmallFilesystem:
+        fs = smallfs.SmallFilesystem(path, size).mount()
+        mounted.append(fs)
+        return fs
+
+    yield mount
+    for fs in reversed(mounted):
+        fs.unmount()
+
+
+def wait_state(site, key: str, state: str, timeout: float = 300) -> dict:
+    """The newest finished entry of ``key`` once it is in ``state``."""
+
+    def found() -> dict | None:
+        status = queue_json(site)
+        live = {i["change"] for q in status["queues"] for i in q["items"]}
+        mine = [i for i in status["finished"] if i["change"] == key]
+        if key not in live and mine and mine[0]["state"] == state:
+            return mine[0]
+        return None
+
+    try:
+        return wait_until(f"{key} {state}", found, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{key} not {state}: {json.dumps(queue_json(site), indent=1)}") from None
+
+
+def published(repo: Path) -> dict[str, bytes]:
+    """The repository's repodata, and every file it names exists."""
+    import xml.etree.ElementTree as ET
+
+    data = {p.name: p.read_bytes() for p in sorted((repo / "repodata").iterdir())}
+    root = ET.fromstring(data["repomd.xml"])
+    for loc in root.iter("{http://linux.duke.edu/metadata/repo}location"):
+        assert (repo / loc.get("href")).exists(), loc.get("href")
+    return data
+
+
+def http_status(site, path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(site.url + path, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_full_overlay_disk_fails_the_item_saying_where_and_it_merges_once_there_is_room(
+    site, small_fs
+):
+    root = site.master_dir / "backend" / "local"
+    overlays = small_fs(root / "overlays")
+    dest_before = published(root / "tags" / DEST)
+    overlays.fill()
+    n = propose(site, "nova", {"nova.spec": spec("nova", "12.0.5")}, "nova 12.0.5")
+    key = f"nova~{n}"
+    approve(site, "nova", n)
+    item = wait_state(site, key, "dequeued")
+    name = f"gate-rdo-nova-{n}-{item['attempt']}"
+    assert item["reason"].startswith(
+        f"overlay repository {name}: cannot write repository {overlays.path / name}: "
+        "No space left on device"
+    ), item["reason"]
+    # Nothing half published: no metadata for the overlay, no partial RPM left over.
+    assert not (overlays.path / name / "repodata").exists()
+    assert list((overlays.path / name / "Packages").iterdir()) == []
+    assert list((overlays.path / ".staging").iterdir()) == []
+    assert http_status(site, "plugins/gating/repos/overlays/.staging/") == 404
+    assert http_status(site, "plugins/gating/repos/overlays/.filler") == 404
+    assert published(root / "tags" / DEST) == dest_before
+    assert "nova 12.0.5" not in main_subjects(site)
+    assert nvr_events(site, "nova-12.0.5-1") == []
+
+    overlays.free()
+    approve(site, "nova", n)  # recheck
+    item = wait_state(site, key, "merged")
+    assert main_subjects(site).count("nova 12.0.5") == 1
+    assert nvr_events(site, "nova-12.0.5-1") == ["tag"]
+    assert (overlays.path / f"gate-rdo-nova-{n}-{item['attempt']}" / "repodata").exists()
+
+
+def test_a_full_destination_disk_fails_the_export_leaves_the_repository_and_git_alone(
+    site, small_fs
+):
+    root = site.master_dir / "backend" / "local"
+    tags = small_fs(root / "tags")
+    repo = tags.path / DEST
+    before = published(repo)
+    packages = sorted(p.name for p in (repo / "Packages").iterdir())
+    tags.fill()
+    n = propose(site, "nova", {"nova.spec": spec("nova", "12.0.6")}, "nova 12.0.6")
+    key = f"nova~{n}"
+    approve(site, "nova", n)
+    item = wait_state(site, key, "dequeued")
+    assert item["reason"].startswith(
+        f"export failed: cannot write repository {repo}: No space left on device"
+    ), item["reason"]
+    # The published repository is the previous one, byte for byte; nothing half written.
+    assert published(repo) == before
+    assert sorted(p.name for p in (repo / "Packages").iterdir()) == packages
+    assert list((tags.path / ".staging").iterdir()) == []
+    assert "nova-12.0.6-1" not in backend_of(site).tagged(DEST)
+    assert nvr_events(site, "nova-12.0.6-1") == []
+    assert "nova 12.0.6" not in main_subjects(site)
+
+    tags.free()
+    approve(site, "nova", n)  # recheck
+    wait_state(site, key, "merged")
+    assert main_subjects(site).count("nova 12.0.6") == 1
+    assert nvr_events(site, "nova-12.0.6-1") == ["tag"]
+    assert "nova-12.0.6-1" in backend_of(site).tagged(DEST)
+    assert published(repo) != before
