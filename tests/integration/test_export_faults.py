@@ -2,7 +2,8 @@
 workers over PB, real git, ``rpmbuild`` on a worker and ``createrepo_c``.
 
 * A branch moved outside the gate (someone pushes to ``main`` directly) while an item is
-  tested: the item is tested again on the new tip, never merged blindly; it merges once,
+  tested, or while it passed and waits for the export section: the item is tested again on
+  the new tip before anything is built or tagged, never merged blindly; it merges once,
   with its RPM landed once.
 * A full disk where the repositories are written (a small tmpfs mounted over the
   backend's ``overlays/``, then over ``tags/``, and filled up): the item fails with an error
@@ -43,12 +44,13 @@ JOB = "packstack/packstack/x86_64"
 @pytest.fixture(scope="module")
 def site(make_site):
     site = make_site("export-faults", start=False)
-    repo = site.basedir / "seeds" / "nova"
-    repo.mkdir(parents=True)
-    git(repo, "init", "-q", "--initial-branch=main")
-    (repo / "nova.spec").write_text(spec("nova", "12.0.0"))
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "Import nova 12.0.0")
+    for project, version in (("nova", "12.0.0"), ("ceilometer", "8.0.0")):
+        repo = site.basedir / "seeds" / project
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "--initial-branch=main")
+        (repo / f"{project}.spec").write_text(spec(project, version))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"Import {project} {version}")
     site.start()
     return site
 
@@ -63,14 +65,14 @@ def wait_until(what: str, check: Any, timeout: float = 300) -> Any:
     raise TimeoutError(f"{what}: not within {timeout}s")
 
 
-def forge(site) -> Path:
-    return site.master_dir / "git" / "nova.git"
+def forge(site, project: str = "nova") -> Path:
+    return site.master_dir / "git" / f"{project}.git"
 
 
-def push_outside(site, name: str, content: str, message: str) -> str:
+def push_outside(site, name: str, content: str, message: str, project: str = "nova") -> str:
     """Someone pushes a commit to ``main`` directly, not through the gate; its id."""
     work = site.basedir / "dev" / f"outside-{time.monotonic_ns()}"
-    git(site.basedir, "clone", "-q", str(forge(site)), str(work))
+    git(site.basedir, "clone", "-q", str(forge(site, project)), str(work))
     (work / name).write_text(content)
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", message)
@@ -78,20 +80,28 @@ def push_outside(site, name: str, content: str, message: str) -> str:
     return git(work, "rev-parse", "HEAD").strip()
 
 
-def is_ancestor(site, ancestor: str, commit: str) -> bool:
+def is_ancestor(site, ancestor: str, commit: str, project: str = "nova") -> bool:
     import subprocess
 
     return (
         subprocess.run(
-            ["git", "-C", str(forge(site)), "merge-base", "--is-ancestor", ancestor, commit],
+            [
+                "git",
+                "-C",
+                str(forge(site, project)),
+                "merge-base",
+                "--is-ancestor",
+                ancestor,
+                commit,
+            ],
             capture_output=True,
         ).returncode
         == 0
     )
 
 
-def main_subjects(site) -> list[str]:
-    return git(forge(site), "log", "--format=%s", "main").splitlines()
+def main_subjects(site, project: str = "nova") -> list[str]:
+    return git(forge(site, project), "log", "--format=%s", "main").splitlines()
 
 
 def nvr_events(site, nvr: str) -> list[str]:
@@ -116,17 +126,17 @@ def job_runs(site, change: str) -> list[dict[str, Any]]:
 
 def check_merged_once_on_top_of(site, key: str, item: dict, outside: str, nvr: str) -> None:
     assert item["state"] == "merged", json.dumps(item, indent=1)
-    subjects = main_subjects(site)
-    version = nvr.split("-")[1]
-    assert subjects.count(f"nova {version}") == 1, subjects
-    assert is_ancestor(site, outside, "main")
+    project, version = nvr.split("-")[0], nvr.split("-")[1]
+    subjects = main_subjects(site, project)
+    assert subjects.count(f"{project} {version}") == 1, subjects
+    assert is_ancestor(site, outside, "main", project)
     # The commit that merged is the one its last run tested, on top of the outside commit.
     runs = job_runs(site, key)
     last = [r for r in runs if r["attempt"] == item["attempt"]]
     assert last and last[-1]["results"] == 0, runs
     tested = last[-1]["commit"]
-    assert is_ancestor(site, outside, tested), (outside, runs)
-    assert git(forge(site), "rev-parse", "main").strip() == tested
+    assert is_ancestor(site, outside, tested, project), (outside, runs)
+    assert git(forge(site, project), "rev-parse", "main").strip() == tested
     # Its RPM landed once, from the commit that was tested and merged.
     assert nvr_events(site, nvr) == ["tag"], tag_states(site)
     assert nvr in backend_of(site).tagged(DEST)
@@ -147,6 +157,38 @@ def test_a_branch_moved_while_the_item_is_tested_is_tested_again_on_the_new_tip(
     done = wait_finished(site, [key])
     check_merged_once_on_top_of(site, key, done[key], outside, "nova-12.0.1-1")
     assert done[key]["attempt"] >= 2
+
+
+def test_a_branch_moved_while_the_item_waits_for_its_export_is_tested_again_first(site, tmp_path):
+    """B (ceilometer) passed and waits for the export section behind A (nova, still
+    tested); ceilometer's branch moves: when B gets the section it builds nothing, is
+    tested again on the new tip, then merges; A merges as if nothing happened."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    a = propose(
+        site, "nova", {"nova.spec": spec("nova", "12.0.2"), "MARKS": str(marks)}, "nova 12.0.2"
+    )
+    files = {"ceilometer.spec": spec("ceilometer", "8.0.2")}
+    b = propose(site, "ceilometer", files, "ceilometer 8.0.2")
+    a_key, b_key = f"nova~{a}", f"ceilometer~{b}"
+    approve(site, "nova", a)
+    approve(site, "ceilometer", b)
+
+    def b_waits() -> bool:
+        items = {i["change"]: i for q in queue_json(site)["queues"] for i in q["items"]}
+        return items.get(b_key, {}).get("export") == "waiting"
+
+    wait_until("B waits for the export section", b_waits)
+    outside = push_outside(site, "README", "pushed directly\n", "outside: README", "ceilometer")
+    (marks / "go").write_text("")
+    done = wait_finished(site, [a_key, b_key])
+    assert done[a_key]["state"] == "merged" and done[a_key]["attempt"] == 1, done[a_key]
+    check_merged_once_on_top_of(site, b_key, done[b_key], outside, "ceilometer-8.0.2-1")
+    assert any(
+        "not exported: branch 'main' of project ceilometer moved" in line
+        for line in done[b_key]["history"]
+    ), done[b_key]["history"]
+    assert nvr_events(site, "nova-12.0.2-1") == ["tag"]
 
 
 # -- a full disk where the repositories are written ------------------------------------
