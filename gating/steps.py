@@ -9,7 +9,8 @@ A job build lost with its worker (RETRY) is put back in its builder's queue by B
 itself and taken by another worker of the pool (the lost one is gone); a build that ended
 in EXCEPTION (a step broke because of the worker or the master, not because the job's
 script failed) is requested again here (Buildbot quarantines the worker that had it for a
-while, so another one of the pool takes it). Both count against the instance's
+while, so another one of the pool takes it; built-in jobs, which run on the master, are
+not run again). Both count against the instance's
 ``job-attempts``: once they are used up, the instance fails with a reason that says it was
 the infrastructure (and a gate item fails with it at once). FAILURE is never retried.
 """
@@ -26,7 +27,7 @@ from twisted.python import log
 
 from gating.buildjobs import GATE, GateProxy
 from gating.kojievents import EVENT_PROPERTIES
-from gating.pipeline import InstanceId, Pipeline
+from gating.pipeline import MASTER_LANE, InstanceId, Pipeline
 from gating.rungraph import (
     DEFAULT_JOB_ATTEMPTS,
     INFRASTRUCTURE,
@@ -237,7 +238,12 @@ class RunPipeline(buildstep.BuildStep):
             inst, result, why = yield finished.get()
             if inst in self._given_up and result in (results.CANCELLED, *INFRASTRUCTURE):
                 result, why = results.EXCEPTION, self._given_up[inst]
-            elif result == results.EXCEPTION and self._stopping is None and not why:
+            elif (
+                result == results.EXCEPTION
+                and self._stopping is None
+                and not why
+                and inst.lane != MASTER_LANE  # built-in jobs: the master's, not a pool's
+            ):
                 failures = yield self._infra_failures(inst)
                 if runs_again([f.result for f in failures], self.job_attempts):
                     yield self._log(
@@ -288,6 +294,8 @@ class RunPipeline(buildstep.BuildStep):
         inst = self._request_of.get(brid)
         if inst is None or inst in self._given_up or self._stopping is not None:
             return
+        if inst.lane == MASTER_LANE:
+            return  # a built-in job's coordinator is on the master: no pool to go to
         try:
             failures = yield self._infra_failures(inst)
             if not failures:

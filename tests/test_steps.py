@@ -621,6 +621,26 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.assertIn("build[0]@x86_64 on bb-build-0-x86_64: success", self.log_lines(step))
 
     @defer.inlineCallbacks
+    def test_a_built_in_job_on_the_master_is_not_run_again_after_an_exception(self):
+        pipeline = parse(
+            "pipeline: [build, export]\n"
+            "jobs:\n"
+            "  build: {architectures: [x86_64], run: make}\n"
+            "  export: {uses: koji-export}\n"
+        )
+        self.setup_step(RunPipeline(pipeline, builder_table(pipeline)))
+        self.build.sources[""] = SimpleNamespace(
+            codebase="", repository="r", branch="main", revision="abc", project="foo", changes=[]
+        )
+        yield self.insert_attempt("bb-export-0-master", 203, 703, [(1, EXCEPTION, "coord-1")])
+        self.expect_outcome(result=EXCEPTION)
+        d = self.run_step()
+        self.trigger.finish("bb-build-0-x86_64", SUCCESS)
+        self.finish_call(1, EXCEPTION)
+        yield d
+        self.assertEqual(self.trigger.triggered, ["bb-build-0-x86_64", "bb-export-0-master"])
+
+    @defer.inlineCallbacks
     def test_a_failed_script_is_never_run_again(self):
         self.setup_pipeline(TWO_ARCHES)
         yield self.insert_attempt("bb-build-0-x86_64", 201, 701, [(1, FAILURE, "x86-1")])
