@@ -415,6 +415,9 @@ class GateProxy:
     ) -> defer.Deferred:
         return gaterpc.call(self.master, "export_step", key, attempt, step, details or {})
 
+    def export_check_branch(self, key: str, attempt: int) -> defer.Deferred:
+        return gaterpc.call(self.master, "export_check_branch", key, attempt)
+
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         return gaterpc.call(self.master, "export_tagging", key, attempt, nvr, tag)
 
@@ -530,7 +533,16 @@ class ScratchBuild(_BuiltinStep):
         prefix = (
             overlaymod.overlay_prefix(item["queue"], item["change"]) if item["change"] else None
         )
-        _path, overlay_url, repofile_url, text = yield svc.make_overlay(name, builds, prefix)
+        try:
+            _path, overlay_url, repofile_url, text = yield svc.make_overlay(name, builds, prefix)
+        except Exception as exc:  # e.g. a full disk: the overlay was left as it was
+            reason = f"overlay repository {name}: {exc}"
+            yield self.say(f"error: {reason}")
+            self.descriptionDone = [reason[:250]]
+            gate = _gate(self.master)
+            if item["change"] and gate is not None:
+                yield gate.job_failed(item["change"], item["attempt"], reason)
+            return results.FAILURE
         yield self.say(f"overlay {name}: {overlay_url}")
         yield self.say("repo file:\n" + text)
         yield self.addURL("overlay repository", overlay_url)
@@ -626,6 +638,15 @@ class Export(_BuiltinStep):
             self._waiting = gate.export_acquire(key, attempt)
             yield self._waiting
             yield self.say("holding the export section")
+            # Nothing is built or tagged for a state that can no longer merge: a branch
+            # moved outside the gate sends the item back to testing on the new tip.
+            if not (yield gate.export_check_branch(key, attempt)):
+                yield self.say(
+                    "not exported: the branch moved outside the gate (the item is tested "
+                    "again on the new tip), or this attempt is no longer current"
+                )
+                self.descriptionDone = ["not exported: the branch moved or the item was reset"]
+                return results.CANCELLED
             # Each step goes to the gate's export journal before the next one runs, so a
             # master killed anywhere in the section finishes or undoes it on restart.
             intent = {

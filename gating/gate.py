@@ -491,6 +491,39 @@ class GateScheduler(ReconfigurableBaseScheduler):
         return waiter
 
     @defer.inlineCallbacks
+    def export_check_branch(self, key: str, attempt: int) -> Any:
+        """Asked by the export job of ``key``'s attempt once it holds its section, before
+        it builds or tags anything: is the branch still where the attempt was tested (the
+        first parent of its merge commit)? If someone moved it outside the gate, nothing of
+        the attempt may land (its NVR, built from a commit that would never merge, could
+        not be built again from the one that will): the item, and every item of its queue
+        being tested, are tested again on the new tip (``Gate.branch_moved``). True: go
+        on; False: stop (moved, or the attempt is no longer current)."""
+        if self.gate is None:
+            raise QueueError("the gate is not active on this master")
+        item = self._current(key, attempt, State.TESTING)
+        if item is None or item.export not in ("holding", "landed"):
+            return False
+        if item.export == "landed":
+            return True  # its RPM is in the tag: the merge (compare-and-swap) decides
+        project, branch = item.change.project, item.change.branch
+        commit = item.info.get("merge_commit")
+        tip = yield threads.deferToThread(self.forge.branch_tip, project, branch)
+        if not commit or tip == commit:
+            return True
+        expected = yield threads.deferToThread(
+            forgemod.first_parent, self.forge.repo_path(project), commit
+        )
+        if tip == expected:
+            return True
+        reason = (
+            f"branch '{branch}' of project {project} moved outside the gate: tested on "
+            f"top of {expected}, it is now at {tip}"
+        )
+        yield self._event(lambda gate: gate.branch_moved(key, attempt, reason))
+        return False
+
+    @defer.inlineCallbacks
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> Any:
         """Record, before the tag, what the holder is about to land: in the export
         journal (``tagging``, for a restart) and in the item (for people). True: tag;

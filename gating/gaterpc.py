@@ -52,6 +52,7 @@ CALLS = frozenset(
         "approve",
         "dequeue",
         "export_acquire",
+        "export_check_branch",
         "export_step",
         "export_tagging",
         "export_landed",

@@ -15,16 +15,24 @@ Layout under ``root``::
     builds/failed/<package>/<commit>/   the logs of failed builds, one per attempt
     tags/<tag>/                         a yum repository: Packages/<nvr>/*.rpm + repodata/
     overlays/<name>/                    a yum repository: Packages/<build key>/*.rpm + repodata/
+    tags/.staging/, overlays/.staging/  work directories of the repositories (the same file
+                                        system as the repositories, for renames; never served)
     history/<tag>.jsonl                 the tag's events, one JSON object a line, fsync'ed
     state/last_event                    the last event id given out (ids increase over all tags)
     locks/                              flock(2) files: one per tag, build key and overlay
     tmp/                                work directories (on the same file system, for renames)
 
 Repository metadata is replaced atomically: ``createrepo_c`` writes the new repodata in a
-temporary directory, its files (whose names carry their checksum) are moved next to the old
-ones, then ``repomd.xml`` is replaced by a rename. A reader sees either the old or the new
-repomd.xml, and every file either one names exists: the files of the previous generation are
-only removed at the next regeneration.
+temporary directory (in ``.staging/`` next to the repository: on its file system, which
+may be another one than the builds', e.g. a volume of its own), its files (whose names
+carry their checksum) are moved next to the old ones, then ``repomd.xml`` is replaced by a
+rename. A reader sees either the old or the new repomd.xml, and every file either one names
+exists: the files of the previous generation are only removed at the next regeneration.
+RPMs are added the same way (copied or hard-linked into ``.staging/``, then renamed into
+``Packages/``, which no metadata names yet). A write that fails (a full disk: ``No space left
+on device``) raises :class:`RepositoryWriteError` naming the repository and the file, and
+leaves the repository as it was: its metadata and every file it names are untouched, and
+what was half written is removed.
 
 A tag's history is the truth; its repository is derived from it. ``tag()`` and ``untag()``
 update the repository first and record the event last, and every call checks that the
@@ -75,6 +83,7 @@ NVR_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)-([A-Za-z0-9._+~^]+)-([A-Za-
 OID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 MACRO_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+STAGING = ".staging"  # next to the repositories (tags/, overlays/): their work directories
 RECORD = "build.json"
 LOG = "build.log"
 PACKAGES = "Packages"
@@ -102,6 +111,17 @@ class NVRConflict(BackendError):
         self.commit = commit
         self.existing_commit = existing_commit
         super().__init__(f"NVR {nvr} already built from a different commit: bump Release")
+
+
+class RepositoryWriteError(BackendError, OSError):
+    """A repository could not be written (e.g. the disk is full); it was left as it was."""
+
+    def __init__(self, repo: Path, exc: OSError) -> None:
+        where = f" ({exc.filename})" if exc.filename else ""
+        super().__init__(
+            f"cannot write repository {repo}: {exc.strerror or exc}{where}; it was left as it was"
+        )
+        self.errno = exc.errno
 
 
 class BuildFailed(BackendError):
@@ -955,6 +975,21 @@ class LocalBackend:
         """Make ``repo`` hold exactly ``wanted`` (subdirectory of Packages/ -> RPM files),
         with fresh metadata swapped in atomically; without ``force``, only if the repository
         does not hold exactly that already. The caller holds the repository's lock."""
+        try:
+            self._sync_repo_files(repo, wanted, reuse_metadata=reuse_metadata, force=force)
+        except RepositoryWriteError:
+            raise
+        except OSError as exc:  # e.g. ENOSPC: nothing half written is named by the metadata
+            raise RepositoryWriteError(repo, exc) from exc
+
+    def _sync_repo_files(
+        self,
+        repo: Path,
+        wanted: Mapping[str, Sequence[Path]],
+        *,
+        reuse_metadata: bool,
+        force: bool,
+    ) -> None:
         packages = repo / PACKAGES
         packages.mkdir(parents=True, exist_ok=True)
         present = {p.name for p in packages.iterdir()}
@@ -967,13 +1002,17 @@ class LocalBackend:
             ):
                 continue
             changed = True
-            stage = Path(tempfile.mkdtemp(prefix="pkgs-", dir=self.root / "tmp"))
-            for f in files:
-                _link_or_copy(f, stage / f.name)
-            os.chmod(stage, 0o755)
-            if dest.exists():
-                self._discard(dest)
-            os.rename(stage, dest)
+            stage = self._staging(repo, "pkgs-")
+            try:
+                for f in files:
+                    _link_or_copy(f, stage / f.name)
+                os.chmod(stage, 0o755)
+                if dest.exists():
+                    self._discard(dest, repo)
+                os.rename(stage, dest)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
         # 2. New metadata naming exactly the wanted files, swapped in (also when the files
         # were all there but the metadata is not theirs: a run killed before the swap).
         hrefs = {f"{PACKAGES}/{key}/{f.name}" for key, files in wanted.items() for f in files}
@@ -981,18 +1020,28 @@ class LocalBackend:
             self._createrepo(repo, wanted, reuse_metadata)
         # 3. Remove what is no longer named.
         for name in present - set(wanted):
-            self._discard(packages / name)
+            self._discard(packages / name, repo)
 
-    def _discard(self, path: Path) -> None:
-        """Remove a directory: renamed away first, so it disappears at once."""
-        trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.root / "tmp"))
+    @staticmethod
+    def _staging(repo: Path, prefix: str) -> Path:
+        """A new work directory on the file system of the repository ``repo`` (renames
+        from it are atomic), in ``.staging/`` next to it (never served, never named by
+        any metadata)."""
+        folder = repo.parent / STAGING
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+
+    def _discard(self, path: Path, repo: Path | None = None) -> None:
+        """Remove a directory of the repository ``repo`` (``path`` itself by default):
+        renamed away first, so it disappears at once."""
+        trash = self._staging(repo or path, "trash-")
         os.rename(path, trash / path.name)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _createrepo(
         self, repo: Path, wanted: Mapping[str, Sequence[Path]], reuse_metadata: bool
     ) -> None:
-        out = Path(tempfile.mkdtemp(prefix="repodata-", dir=self.root / "tmp"))
+        out = self._staging(repo, "repodata-")
         try:
             pkglist = out / "pkglist"
             pkglist.write_text(

@@ -754,7 +754,7 @@ def to_buildbot(config: GatingConfig, basedir: str | Path) -> dict[str, Any]:
                 inst: builder_name(pipeline, pipeline.job(inst.job, inst.index), inst.lane)
                 for _n, inst in pipeline.instances()
             }
-            factory = BuildFactory([RunPipeline(pipeline, table)])
+            factory = BuildFactory([RunPipeline(pipeline, table, job_attempts=site.job_attempts)])
             tags = ["pipeline", pipeline.name]
             description = (
                 f"pipeline {pipeline.name} ({pipeline.file}): runs its jobs stage by stage"

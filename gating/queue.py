@@ -462,6 +462,30 @@ class Gate:
         item.history.append(f"attempt {attempt}: export landed" + (f": {what}" if what else ""))
         return True
 
+    def branch_moved(self, key: str, attempt: int, reason: str) -> list[Action]:
+        """``key``'s attempt holds its export section, and before its export did anything
+        (no build, no tag) the gate saw that the branch moved outside the gate: its tested
+        state is not what would merge. As when its merge is refused for that reason, the
+        item and every item of its queue being tested are tested again on the new tip;
+        nothing of the old attempt lands. Ignored for a stale attempt or an item that does
+        not hold the section (or whose RPM landed: the merge decides then)."""
+        item = self.find(key)
+        actions: list[Action] = []
+        if (
+            item is None
+            or item.attempt != attempt
+            or item.state != State.TESTING
+            or item.export != "holding"
+        ):
+            return actions
+        queue = self.queues[item.queue]
+        item.history.append(f"attempt {attempt}: not exported: {reason}; testing again")
+        for other in queue.items:
+            if other.state in (State.TESTING, State.MERGING):
+                self._reset(other, actions, why=reason)
+        self._schedule(actions)
+        return actions
+
     def export_failed(self, key: str, attempt: int, reason: str) -> list[Action]:
         """The export of ``key``'s attempt failed: the change is not merged, it fails (and
         is dequeued at the head) and the items behind it are reset."""

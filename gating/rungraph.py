@@ -19,6 +19,14 @@ from gating.pipeline import InstanceId
 SUCCESS, WARNINGS, FAILURE, SKIPPED, EXCEPTION, RETRY, CANCELLED = range(7)
 RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
 PASSING = frozenset({SUCCESS, WARNINGS})
+# Results that say nothing about the job: its worker was lost (RETRY: Buildbot puts the
+# request back in the queue itself) or a step broke for a reason other than the job's
+# commands' exit status (EXCEPTION). A job instance is tried again after these, on another
+# worker of its pool, up to a bounded number of builds (the site's ``job-attempts``); a job
+# whose script failed (FAILURE) or that was stopped (CANCELLED) never is.
+INFRASTRUCTURE = frozenset({EXCEPTION, RETRY})
+DEFAULT_JOB_ATTEMPTS = 3
+MAX_JOB_ATTEMPTS = 10
 # Buildbot's worst_status order, worst first.
 _SEVERITY = (RETRY, CANCELLED, EXCEPTION, FAILURE, WARNINGS, SUCCESS, SKIPPED)
 
@@ -30,6 +38,42 @@ def worst(results: Iterable[int]) -> int:
         if result in found:
             return result
     return SUCCESS
+
+
+def runs_again(build_results: Sequence[int], attempts: int) -> bool:
+    """Whether a job instance whose builds so far ended with ``build_results`` (oldest
+    first) gets another build: only when every one of them was an infrastructure failure
+    and fewer than ``attempts`` builds ran."""
+    return (
+        bool(build_results)
+        and all(r in INFRASTRUCTURE for r in build_results)
+        and len(build_results) < attempts
+    )
+
+
+@dataclass(frozen=True)
+class InfraFailure:
+    """One build of a job instance that ended for a reason of the infrastructure."""
+
+    number: int
+    worker: str
+    result: int
+    text: str = ""
+
+    def describe(self) -> str:
+        what = RESULT_NAMES[self.result] if 0 <= self.result < len(RESULT_NAMES) else "?"
+        detail = f": {self.text}" if self.text else ""
+        return f"build {self.number} on {self.worker or 'an unknown worker'} ({what}{detail})"
+
+
+def infrastructure_reason(inst: InstanceId, failures: Sequence[InfraFailure]) -> str:
+    """Why a job instance was given up on after infrastructure failures, for people (the
+    gate item's reason): says it was the infrastructure, not the job, and where."""
+    where = "; ".join(f.describe() for f in failures) or "no build finished"
+    return (
+        f"infrastructure failure: {inst} did not finish in {len(failures)} "
+        f"attempt{'s' if len(failures) != 1 else ''} (not a failure of the job): {where}"
+    )
 
 
 @dataclass

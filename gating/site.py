@@ -10,6 +10,9 @@
     pb-port: 9989
     poll-interval: 60                    # seconds between polls of project repositories
     coordinators: 20                     # pipeline runs at once (master-side workers)
+    job-attempts: 3                      # builds of a job instance when its worker is lost or
+                                         # a step breaks for the infrastructure (RETRY,
+                                         # EXCEPTION; 1..10); a failed script is never retried
     database: sqlite:///state.sqlite     # any SQLAlchemy URL Buildbot supports
     secrets-dir: secrets                 # Buildbot SecretInAFile directory, relative to the master
     shared-dir: /srv/gating              # what every master of a cluster must see (default:
@@ -119,6 +122,7 @@ from gating.diagnostics import Collector, ConfigError, Diagnostic, Mark, did_you
 from gating.inventory import Inventory, Worker, load_inventory
 from gating.pipeline import IDENTIFIER_RE, IDENTIFIER_RULE, Pipeline, load_pipeline_file
 from gating.plan import Plan, make_plan
+from gating.rungraph import DEFAULT_JOB_ATTEMPTS, MAX_JOB_ATTEMPTS
 from gating.siteevents import ComposeWatch, KojiEventsConfig, MailConfig, TaskRepoConfig
 from gating.yamltree import Node, Reader, describe, load
 
@@ -135,6 +139,7 @@ SITE_KEYS = frozenset(
         "pb-port",
         "poll-interval",
         "coordinators",
+        "job-attempts",
         "database",
         "secrets-dir",
         "shared-dir",
@@ -297,6 +302,7 @@ class Site:
     pb_port: int | str = 9989
     poll_interval: int = 60
     coordinators: int = 20
+    job_attempts: int = DEFAULT_JOB_ATTEMPTS
     database: str = "sqlite:///state.sqlite"
     secrets_dir: str = "secrets"
     shared_dir: str | None = None
@@ -370,6 +376,15 @@ def parse_site(text: str | bytes, filename: str, config_dir: str, errors: Collec
         interval = r.integer(f["poll-interval"], "'poll-interval' (seconds)", minimum=1)
         if interval is not None:
             kw["poll_interval"] = interval
+    if "job-attempts" in f:
+        attempts = r.integer(f["job-attempts"], "'job-attempts'", minimum=1)
+        if attempts is not None and attempts > MAX_JOB_ATTEMPTS:
+            r.fail(
+                f["job-attempts"],
+                f"'job-attempts': expected at most {MAX_JOB_ATTEMPTS}, got {attempts}",
+            )
+        elif attempts is not None:
+            kw["job_attempts"] = attempts
     if "workers" in f:
         files = r.string_list(f["workers"], "'workers'", allow_single=True)
         if files is not None:

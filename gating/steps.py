@@ -1,8 +1,18 @@
 """Buildbot glue for running a pipeline: a scheduler that starts one job builder at a
 time, and the step of the pipeline builder that walks the run graph.
 
-The logic (what may start, what is skipped) lives in :mod:`gating.rungraph`; this
-module only turns it into build requests and waits for their results.
+The logic (what may start, what is skipped, what is tried again) lives in
+:mod:`gating.rungraph`; this module only turns it into build requests and waits for their
+results.
+
+A job build lost with its worker (RETRY) is put back in its builder's queue by Buildbot
+itself and taken by another worker of the pool (the lost one is gone); a build that ended
+in EXCEPTION (a step broke because of the worker or the master, not because the job's
+script failed) is requested again here (Buildbot quarantines the worker that had it for a
+while, so another one of the pool takes it; built-in jobs, which run on the master, are
+not run again). Both count against the instance's
+``job-attempts``: once they are used up, the instance fails with a reason that says it was
+the infrastructure (and a gate item fails with it at once). FAILURE is never retried.
 """
 
 from __future__ import annotations
@@ -13,10 +23,20 @@ from buildbot.process import buildstep, results
 from buildbot.process.properties import Properties
 from buildbot.schedulers.triggerable import Triggerable
 from twisted.internet import defer
+from twisted.python import log
 
+from gating.buildjobs import GATE, GateProxy
 from gating.kojievents import EVENT_PROPERTIES
-from gating.pipeline import InstanceId, Pipeline
-from gating.rungraph import RESULT_NAMES, PipelineRun
+from gating.pipeline import MASTER_LANE, InstanceId, Pipeline
+from gating.rungraph import (
+    DEFAULT_JOB_ATTEMPTS,
+    INFRASTRUCTURE,
+    RESULT_NAMES,
+    InfraFailure,
+    PipelineRun,
+    infrastructure_reason,
+    runs_again,
+)
 
 # The gate item a pipeline run tests (set by the gate scheduler), passed on to every job.
 GATE_PROPERTIES = (
@@ -99,13 +119,26 @@ class RunPipeline(buildstep.BuildStep):
     name = "run-pipeline"
     renderables = ()
 
-    def __init__(self, pipeline: Pipeline, builders: dict[InstanceId, str], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        builders: dict[InstanceId, str],
+        job_attempts: int = DEFAULT_JOB_ATTEMPTS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.builders = builders
+        self.job_attempts = job_attempts
         self.run_state: PipelineRun | None = None
-        # (bsid, {builderid: brid}) of each triggered instance, once known
+        # (bsid, {builderid: brid}) of each triggered instance, once known (the latest
+        # request when it was requested again)
         self._pending: dict[InstanceId, Any] = {}
+        # every build request made for an instance, and the instance of each request
+        self._requests: dict[InstanceId, list[int]] = {}
+        self._request_of: dict[int, InstanceId] = {}
+        # instances given up on (their job-attempts used up): why
+        self._given_up: dict[InstanceId, str] = {}
         self._stopping: str | None = None
         self._logs: dict[str, Any] = {}
         self._shared: dict[str, Any] = {}
@@ -154,6 +187,9 @@ class RunPipeline(buildstep.BuildStep):
 
         def launch(inst: InstanceId) -> None:
             run.start(inst)
+            request(inst)
+
+        def request(inst: InstanceId) -> None:
             reason = f"{self.pipeline.name} run {self.build.buildid}: {inst}"
             ids, done = scheduler.trigger_builder(
                 self.builders[inst],
@@ -169,6 +205,9 @@ class RunPipeline(buildstep.BuildStep):
             def requested(value: Any) -> Any:
                 # Keep the value: yielding ``ids`` itself would consume its result.
                 self._pending[inst] = value
+                for brid in value[1].values():
+                    self._requests.setdefault(inst, []).append(brid)
+                    self._request_of[brid] = inst
                 return value
 
             ids.addCallbacks(requested, failed)
@@ -180,10 +219,43 @@ class RunPipeline(buildstep.BuildStep):
                 for stage in self.pipeline.stages_for(lane)
             )
             yield self._log("pipeline", f"{lane}: {stages}")
+        # A build lost with its worker puts its request back in the queue (Buildbot):
+        # each time, the instance's attempts are counted (_request_unclaimed).
+        consumer = yield self.master.mq.startConsuming(
+            self._request_unclaimed, ("buildrequests", None, "unclaimed")
+        )
+        try:
+            result = yield self._run_all(run, launch, request, finished)
+        finally:
+            consumer.stopConsuming()
+        return result
+
+    @defer.inlineCallbacks
+    def _run_all(self, run: PipelineRun, launch: Any, request: Any, finished: Any) -> Any:
         for inst in run.ready():
             launch(inst)
         while run.running:
             inst, result, why = yield finished.get()
+            if inst in self._given_up and result in (results.CANCELLED, *INFRASTRUCTURE):
+                result, why = results.EXCEPTION, self._given_up[inst]
+            elif (
+                result == results.EXCEPTION
+                and self._stopping is None
+                and not why
+                and inst.lane != MASTER_LANE  # built-in jobs: the master's, not a pool's
+            ):
+                failures = yield self._infra_failures(inst)
+                if runs_again([f.result for f in failures], self.job_attempts):
+                    yield self._log(
+                        "pipeline",
+                        f"{inst}: {failures[-1].describe()}: infrastructure failure, "
+                        f"trying again (attempt {len(failures) + 1} of {self.job_attempts})",
+                    )
+                    request(inst)
+                    continue
+                if failures and all(f.result in INFRASTRUCTURE for f in failures):
+                    why = infrastructure_reason(inst, failures)
+                    yield self._give_up(inst, why)
             yield self._link(inst)
             if result in (results.SUCCESS, results.WARNINGS):
                 yield self._collect_shared(inst)
@@ -209,6 +281,75 @@ class RunPipeline(buildstep.BuildStep):
             "pipeline",
         )
         return run.result
+
+    # -- infrastructure failures: attempts -------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _request_unclaimed(self, key: Any, msg: dict[str, Any]) -> Any:
+        """A request of this run is back in its builder's queue: its build was lost with
+        its worker (RETRY), and Buildbot runs it again on a worker of the pool. That counts
+        against the instance's attempts; once they are used up the request is cancelled
+        and the instance fails as an infrastructure failure."""
+        brid = msg.get("buildrequestid")
+        inst = self._request_of.get(brid)
+        if inst is None or inst in self._given_up or self._stopping is not None:
+            return
+        if inst.lane == MASTER_LANE:
+            return  # a built-in job's coordinator is on the master: no pool to go to
+        try:
+            failures = yield self._infra_failures(inst)
+            if not failures:
+                return
+            if runs_again([f.result for f in failures], self.job_attempts):
+                yield self._log(
+                    "pipeline",
+                    f"{inst}: {failures[-1].describe()}: infrastructure failure, runs again "
+                    f"on a worker of its pool (attempt {len(failures) + 1} of "
+                    f"{self.job_attempts})",
+                )
+                return
+            why = infrastructure_reason(inst, failures)
+            yield self._give_up(inst, why)
+            yield self.master.data.control("cancel", {"reason": why}, ("buildrequests", brid))
+        except Exception as exc:  # never let a consumer's error pass silently
+            log.err(exc, f"{self.pipeline.name}: counting the attempts of {inst}")
+
+    @defer.inlineCallbacks
+    def _infra_failures(self, inst: InstanceId) -> Any:
+        """The builds of every request made for ``inst`` that ended with an infrastructure
+        failure (RETRY, EXCEPTION), oldest first."""
+        builds = []
+        for brid in self._requests.get(inst, []):
+            builds.extend((yield self.master.data.get(("buildrequests", brid, "builds"))) or [])
+        out = []
+        for build in sorted(builds, key=lambda b: b["buildid"]):
+            if not build.get("complete") or build.get("results") not in INFRASTRUCTURE:
+                continue
+            worker = yield self.master.data.get(("workers", build["workerid"]))
+            out.append(
+                InfraFailure(
+                    number=build["number"],
+                    worker=(worker or {}).get("name", ""),
+                    result=build["results"],
+                    text=build.get("state_string") or "",
+                )
+            )
+        return out
+
+    @defer.inlineCallbacks
+    def _give_up(self, inst: InstanceId, why: str) -> Any:
+        """No attempt left for ``inst``: a gate item fails now, with ``why``."""
+        self._given_up[inst] = why
+        yield self._log("pipeline", f"{inst}: giving up: {why}")
+        change, attempt = self.getProperty("gating_change"), self.getProperty("gating_attempt")
+        if not change or attempt is None:
+            return
+        if self.master.scheduler_manager.namedServices.get(GATE) is None:
+            return
+        try:
+            yield GateProxy(self.master).job_failed(change, attempt, why)
+        except Exception as exc:  # the run's result fails the item anyway
+            log.err(exc, f"{self.pipeline.name}: reporting {inst} to the gate")
 
     @defer.inlineCallbacks
     def _log(self, name: str, line: str) -> Any:

@@ -69,6 +69,7 @@ class FakeService:
         self.backend = FakeBackend(self.calls)
         self.release_error: Exception | None = None
         self.scratch_error: dict[str, Exception] = {}
+        self.overlay_error: Exception | None = None
 
     def release(self, project: str, commit: str, step: Any) -> defer.Deferred:
         self.calls.append(f"release {project} {commit[:4]}")
@@ -88,6 +89,8 @@ class FakeService:
 
     def make_overlay(self, name: str, builds: list[Any], prefix: str | None) -> defer.Deferred:
         self.calls.append(f"overlay {name} {[b.nvr for b in builds]} {prefix}")
+        if self.overlay_error is not None:
+            return defer.fail(self.overlay_error)
         url = f"http://m/plugins/gating/repos/overlays/{name}/"
         return defer.succeed((Path("/x"), url, f"http://m/r/{name}.repo", "[gating-x]\n"))
 
@@ -100,6 +103,8 @@ class FakeGate:
         self.refuse: str | None = None  # the journal step the gate answers "stop" to
         self.journal: list[tuple[str, dict]] = []
         self.backend_seconds: list[float | None] = []  # as reported with each outcome
+        self.branch_moved = False  # export_check_branch answers "stop" when True
+        self.branch_checks: list[tuple[str, int]] = []
 
     def export_step(
         self, key: str, attempt: int, step: str, details: dict | None = None
@@ -111,6 +116,10 @@ class FakeGate:
     def export_acquire(self, key: str, attempt: int) -> defer.Deferred:
         self.calls.append(f"acquire {key} {attempt}")
         return self.grant
+
+    def export_check_branch(self, key: str, attempt: int) -> defer.Deferred:
+        self.branch_checks.append((key, attempt))
+        return defer.succeed(not self.branch_moved)
 
     def export_tagging(self, key: str, attempt: int, nvr: str, tag: str) -> defer.Deferred:
         self.calls.append(f"tagging {nvr}")
@@ -237,6 +246,19 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             "different commit: bump Release",
         )
         self.assertFalse(any(c.startswith("tag ") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_a_branch_moved_outside_the_gate_stops_the_export_before_anything_is_built(self):
+        from buildbot.process.results import CANCELLED
+
+        self.wire(Export())
+        self.gate.branch_moved = True
+        self.gate.grant.callback(None)
+        self.expect_outcome(result=CANCELLED)
+        yield self.run_step()
+        self.assertEqual(self.gate.branch_checks, [("ceilometer~2", 1)])
+        # Asked once it holds the section; then nothing: no journal, no build, no tag.
+        self.assertEqual(self.service.calls, ["acquire ceilometer~2 1"])
 
     @defer.inlineCallbacks
     def test_a_stale_attempt_is_not_reported_landed(self):
@@ -416,6 +438,24 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             self.service.calls,
         )
         self.assertFalse(any(c.startswith("overlay") for c in self.service.calls))
+
+    @defer.inlineCallbacks
+    def test_an_overlay_that_cannot_be_written_fails_the_item_at_once_saying_where(self):
+        from gating.localbackend import RepositoryWriteError
+
+        self.wire(ScratchBuild())
+        repo = Path("/srv/backend/overlays/gate-rdo-ceilometer-2-1")
+        self.service.overlay_error = RepositoryWriteError(
+            repo, OSError(28, "No space left on device", "/srv/backend/overlays/.staging/x")
+        )
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertEqual(
+            self.service.calls[-1],
+            "job failed ceilometer~2: overlay repository gate-rdo-ceilometer-2-1: cannot "
+            f"write repository {repo}: No space left on device "
+            "(/srv/backend/overlays/.staging/x); it was left as it was",
+        )
 
     @defer.inlineCallbacks
     def test_an_item_ahead_without_a_merge_commit_is_named(self):

@@ -660,6 +660,30 @@ def test_export_steps_of_an_attempt_not_holding_the_section_are_refused(tmp_path
     assert scheduler.export_step("nova~1", 2, "tagging", {"nvr": "x-1-1"}).result is False
 
 
+def test_a_branch_moved_before_the_export_sends_the_item_back_to_testing_untouched(
+    tmp_path, monkeypatch
+):
+    """The export job asks, holding its section, before it builds or tags: the branch
+    moved outside the gate, so nothing is built, tagged or journaled, and the item is
+    tested again on the new tip."""
+    world, db = _World(), _Database()
+    scheduler = _journaled_scheduler(tmp_path, monkeypatch, world, db)
+    _holding(scheduler)
+    assert scheduler.export_check_branch("nova~1", 1).result is True  # not moved
+    world.branch.append("d" * 40)  # someone pushed to the branch directly
+    assert scheduler.export_check_branch("nova~1", 1).result is False
+    item = scheduler.gate.find("nova~1")
+    assert (item.state.value, item.attempt, item.export) == ("testing", 2, "")
+    assert item.history[-3].startswith(
+        "attempt 1: not exported: branch 'main' of project nova moved outside the gate: "
+        f"tested on top of {BASE}, it is now at {'d' * 40}"
+    )
+    assert world.calls == [] and scheduler.journal().get("nova~1", 1) is None
+    # The old attempt's job is told to stop; so is any attempt that does not hold it.
+    assert scheduler.export_check_branch("nova~1", 1).result is False
+    assert scheduler.export_check_branch("nova~1", 2).result is False
+
+
 def test_an_export_the_restart_cannot_recover_yet_stays_open_and_the_gate_goes_on(
     tmp_path, monkeypatch
 ):

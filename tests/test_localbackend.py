@@ -29,8 +29,10 @@ from gating.localbackend import (
     LocalBackend,
     LocalBuild,
     NVRConflict,
+    RepositoryWriteError,
     UnknownBuild,
 )
+from tests.support import smallfs
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("git", "rpmbuild", "rpmspec", "rpm", "createrepo_c")),
@@ -549,6 +551,80 @@ def test_repodata_swap_is_atomic_for_readers(backend, two_builds):
     assert all((repo / href).exists() for href in before)
     backend.tag("dest", two.nvr)
     assert not any((repo / href).exists() for href in before - generation())
+
+
+@pytest.fixture
+def small_fs():
+    """Mount small tmpfs file systems over directories (unmounted after the test)."""
+    why = smallfs.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    mounted: list[smallfs.SmallFilesystem] = []
+
+    def mount(path: Path, size: str = "4m") -> smallfs.SmallFilesystem:
+        fs = smallfs.SmallFilesystem(path, size).mount()
+        mounted.append(fs)
+        return fs
+
+    yield mount
+    for fs in reversed(mounted):
+        fs.unmount()
+
+
+def repodata(repo: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((repo / "repodata").iterdir())}
+
+
+def test_repositories_on_a_full_disk_are_left_as_they_were_with_the_place_named(
+    backend, two_builds, dg, small_fs
+):
+    """The repositories on a volume of their own (not the builds' file system), which
+    fills up: the tag and the overlay fail with ENOSPC naming the repository, and leave
+    it as it was (its metadata, the files it names, nothing half-written left over); once
+    there is room again they work."""
+    one, two = two_builds
+    tags = small_fs(backend.root / "tags")
+    overlays = small_fs(backend.root / "overlays")
+    assert backend.tag("dest", one.nvr) is True  # across file systems: copied, renamed
+    repo = backend.tag_repo("dest")
+    scratch = backend.build("hello", dg.path, dg.commit(version="3.0"), scratch=True)
+    backend.overlay("item-1", [scratch])
+    before = (repodata(repo), repo_packages(repo))
+    overlay_before = (repodata(backend.overlay_repo("item-1")), sorted(os.listdir(overlays.path)))
+
+    tags.fill()
+    with pytest.raises(RepositoryWriteError) as exc:
+        backend.tag("dest", two.nvr)
+    message = str(exc.value)
+    assert f"cannot write repository {repo}: No space left on device" in message, message
+    assert message.endswith("; it was left as it was")
+    assert backend.tagged("dest") == [one.nvr]  # no event recorded
+    assert (repodata(repo), repo_packages(repo)) == before
+    assert sorted(os.listdir(repo / "Packages")) == [one.nvr]
+    assert os.listdir(tags.path / ".staging") == []
+    assert exc.value.errno == 28  # an OSError too, with its errno
+
+    overlays.fill()
+    with pytest.raises(RepositoryWriteError, match="No space left on device"):
+        backend.overlay("item-2", [scratch, one])
+    with pytest.raises(RepositoryWriteError, match="No space left on device"):
+        backend.overlay("item-1", [scratch, one])
+    assert (repodata(backend.overlay_repo("item-1")), sorted(os.listdir(overlays.path))[:2]) == (
+        overlay_before[0],
+        [".filler", ".staging"],
+    )
+    assert os.listdir(overlays.path / ".staging") == []
+    assert not (backend.overlay_repo("item-2") / "repodata").exists()
+
+    tags.free()
+    overlays.free()
+    assert backend.tag("dest", two.nvr) is True
+    assert repo_packages(repo) == [
+        "Packages/hello-1.0-1/hello-1.0-1.noarch.rpm",
+        "Packages/hello-2.0-1/hello-2.0-1.noarch.rpm",
+    ]
+    backend.overlay("item-2", [scratch, one])
+    assert len(repo_packages(backend.overlay_repo("item-2"))) == 2
 
 
 def test_parallel_tagging(backend, dg):

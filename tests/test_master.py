@@ -43,6 +43,24 @@ def test_coordinators_run_pipeline_runs_and_their_built_in_jobs_at_once(basedir)
     assert all(w.max_builds is None for w in coordinators)
 
 
+def test_pipeline_runs_get_the_sites_job_attempts(basedir, tmp_path):
+    """``job-attempts`` (gating.yaml) bounds the builds of each job instance of every
+    pipeline run (default 3)."""
+
+    def attempts(config_dir: Path) -> set[int]:
+        config = gmaster.buildmaster_config(str(basedir), str(config_dir))
+        pipelines = [b for b in config["builders"] if "pipeline" in b.tags]
+        assert pipelines
+        return {b.factory.steps[0].kwargs["job_attempts"] for b in pipelines}
+
+    assert attempts(DEMO) == {3}
+    site = tmp_path / "site"
+    shutil.copytree(DEMO, site)
+    with open(site / "gating.yaml", "a") as out:
+        out.write("job-attempts: 5\n")
+    assert attempts(site) == {5}
+
+
 def test_demo_config_is_accepted_by_buildbot(basedir):
     config = gmaster.buildmaster_config(str(basedir), str(DEMO))
     loaded = MasterConfig.loadFromDict(config, "master.cfg")

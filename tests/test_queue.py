@@ -830,6 +830,40 @@ def test_merge_failed_retest_resets_the_head_and_every_testing_item_behind():
     assert passes(gate, A) == [Merge("rdo", k(A), 2)]
 
 
+def test_branch_moved_before_the_export_tests_the_holder_and_the_items_behind_again():
+    gate = seed_gate()
+    passes(gate, B)
+    assert gate.export_request(k(A), 1) is True  # at the head: it holds the section
+    reason = "branch 'main' of project nova moved outside the gate"
+    assert gate.branch_moved(k(A), 1, reason) == [
+        Cancel("rdo", k(A), 1),  # its run (the export job in it) stops
+        Cancel("rdo", k(C), 1),  # B had passed: no run to cancel
+        Start("rdo", k(A), 2, ()),
+        Start("rdo", k(B), 2, (k(A),)),
+        Start("rdo", k(C), 2, (k(A), k(B))),
+    ]
+    assert gate.item(k(A)).export == ""
+    assert gate.export_holders() == {}
+    assert gate.item(k(A)).history[-3:] == [
+        f"attempt 1: not exported: {reason}; testing again",
+        f"attempt 1: reset ({reason})",
+        "attempt 2: testing on the branch tip",
+    ]
+    assert gate.queues["rdo"].window == WINDOW_START  # nobody failed
+    assert gate.branch_moved(k(A), 1, reason) == []  # stale attempt
+
+
+def test_branch_moved_is_ignored_for_an_item_not_holding_the_section_or_whose_rpm_landed():
+    gate = seed_gate()
+    assert gate.branch_moved(k(A), 1, "moved") == []  # not in its section
+    gate.export_request(k(B), 1)  # waits behind A
+    assert gate.branch_moved(k(B), 1, "moved") == []
+    gate.export_request(k(A), 1)
+    gate.export_landed(k(A), 1, "nova-12.0.1-1")
+    assert gate.branch_moved(k(A), 1, "moved") == []  # landed: the merge decides
+    assert gate.item(k(A)).export == "landed"
+
+
 def test_merge_failed_retest_leaves_items_outside_the_window_alone():
     gate = new_gate()
     gate.queues["rdo"].window = 3

@@ -17,7 +17,10 @@ from gating.rungraph import (
     SKIPPED,
     SUCCESS,
     WARNINGS,
+    InfraFailure,
     PipelineRun,
+    infrastructure_reason,
+    runs_again,
     worst,
 )
 
@@ -241,3 +244,42 @@ def test_worst_of_every_result_is_retry_and_order_is_buildbots():
     order = [RETRY, CANCELLED, EXCEPTION, FAILURE, WARNINGS, SUCCESS, SKIPPED]
     for n, result in enumerate(order):
         assert worst(order[n:]) == result
+
+
+# -- infrastructure failures: attempts --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("results", "attempts", "again"),
+    [
+        ([RETRY], 3, True),
+        ([EXCEPTION], 3, True),
+        ([RETRY, EXCEPTION], 3, True),
+        ([RETRY, RETRY, EXCEPTION], 3, False),  # used up
+        ([RETRY], 1, False),  # job-attempts 1: never again
+        ([FAILURE], 3, False),  # the job's script failed: never again
+        ([RETRY, FAILURE], 3, False),
+        ([CANCELLED], 3, False),  # stopped by someone
+        ([SUCCESS], 3, False),
+        ([], 3, False),
+    ],
+)
+def test_only_infrastructure_failures_run_again_up_to_the_attempts(results, attempts, again):
+    assert runs_again(results, attempts) is again
+
+
+def test_the_infrastructure_reason_says_so_and_names_each_build_and_worker():
+    inst = I("packstack", 0, "x86_64")
+    reason = infrastructure_reason(
+        inst,
+        [
+            InfraFailure(4, "x86-1", RETRY, "retry lost connection"),
+            InfraFailure(5, "", EXCEPTION),
+        ],
+    )
+    assert reason == (
+        "infrastructure failure: packstack[0]@x86_64 did not finish in 2 attempts (not a "
+        "failure of the job): build 4 on x86-1 (retry: retry lost connection); "
+        "build 5 on an unknown worker (exception)"
+    )
+    assert "1 attempt (" in infrastructure_reason(inst, [InfraFailure(1, "w", RETRY)])

@@ -144,6 +144,26 @@ def test_bad_site_values_are_all_reported():
     ]
 
 
+def test_job_attempts_default_to_three_and_are_read():
+    assert parse("{}\n")[0].job_attempts == 3
+    site, errors = parse("job-attempts: 5\n")
+    assert (site.job_attempts, errors) == (5, [])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "gating.yaml:1:15: 'job-attempts': expected an integer of at least 1, got 0"),
+        ("11", "gating.yaml:1:15: 'job-attempts': expected at most 10, got 11"),
+        ("many", "gating.yaml:1:15: 'job-attempts': expected an integer, got a string"),
+    ],
+)
+def test_bad_job_attempts_are_named(value, message):
+    site, errors = parse(f"job-attempts: {value}\n")
+    assert errors == [message]
+    assert site.job_attempts == 3
+
+
 def test_projects_must_be_a_list():
     _, errors = parse("projects: {nova: x}\n")
     assert errors == ["gating.yaml:1:11: 'projects': expected a list of projects, got a mapping"]

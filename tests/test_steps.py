@@ -556,6 +556,183 @@ class RunPipelineTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             ],
         )
 
+    # -- infrastructure failures: attempts -------------------------------------------------
+
+    @defer.inlineCallbacks
+    def insert_attempt(
+        self, builder_name: str, builderid: int, brid: int, builds: list[tuple[int, int, str]]
+    ):
+        """A build request for FakeJobTrigger to report next, with its finished builds:
+        (number, result, worker name) each."""
+        rows: list[Any] = [
+            fakedb.Buildset(id=brid + 1000),
+            fakedb.BuildRequest(id=brid, buildsetid=brid + 1000, builderid=builderid),
+        ]
+        if not (yield self.master.db.builders.getBuilder(builderid)):
+            rows.insert(0, fakedb.Builder(id=builderid, name=builder_name))
+        for number, result, worker in builds:
+            workerid = 400 + sum(map(ord, worker))
+            if not (yield self.master.db.workers.getWorker(workerid=workerid)):
+                rows.append(fakedb.Worker(id=workerid, name=worker))
+            rows.append(
+                fakedb.Build(
+                    id=brid * 10 + number,
+                    buildrequestid=brid,
+                    number=number,
+                    masterid=fakedb.FakeDBConnector.MASTER_ID,
+                    builderid=builderid,
+                    workerid=workerid,
+                    complete_at=1,
+                    results=result,
+                    state_string="lost connection" if result == RETRY else "exception",
+                )
+            )
+        yield self.master.db.insert_test_data(rows)
+        self.trigger.brids[builder_name] = {builderid: brid}
+
+    def finish_call(self, number: int, result: int) -> None:
+        call = self.trigger.calls[number]
+        call.done.callback((result, {}))
+
+    @defer.inlineCallbacks
+    def test_an_exception_runs_the_instance_again_then_it_passes(self):
+        _, step = self.setup_pipeline(TWO_ARCHES)
+        yield self.insert_attempt("bb-build-0-x86_64", 201, 701, [(1, EXCEPTION, "x86-1")])
+        self.expect_outcome(result=SUCCESS)
+        d = self.run_step()
+        yield self.insert_attempt("bb-build-0-x86_64", 201, 702, [])
+        self.finish_call(0, EXCEPTION)
+        # Requested again (a new buildset), its dependents not started yet.
+        self.assertEqual(
+            self.trigger.triggered,
+            ["bb-build-0-x86_64", "bb-build-arm-0-aarch64", "bb-build-0-x86_64"],
+        )
+        self.finish_call(2, SUCCESS)
+        self.trigger.finish("bb-build-arm-0-aarch64", SUCCESS)
+        self.assertEqual(self.trigger.triggered[3:], ["bb-test-0-x86_64", "bb-test-arm-0-aarch64"])
+        self.trigger.finish("bb-test-0-x86_64", SUCCESS)
+        self.trigger.finish("bb-test-arm-0-aarch64", SUCCESS)
+        yield d
+        self.assertIn(
+            "build[0]@x86_64: build 1 on x86-1 (exception: exception): infrastructure failure, "
+            "trying again (attempt 2 of 3)",
+            self.log_lines(step),
+        )
+        self.assertIn("build[0]@x86_64 on bb-build-0-x86_64: success", self.log_lines(step))
+
+    @defer.inlineCallbacks
+    def test_a_built_in_job_on_the_master_is_not_run_again_after_an_exception(self):
+        pipeline = parse(
+            "pipeline: [build, export]\n"
+            "jobs:\n"
+            "  build: {architectures: [x86_64], run: make}\n"
+            "  export: {uses: koji-export}\n"
+        )
+        self.setup_step(RunPipeline(pipeline, builder_table(pipeline)))
+        self.build.sources[""] = SimpleNamespace(
+            codebase="", repository="r", branch="main", revision="abc", project="foo", changes=[]
+        )
+        yield self.insert_attempt("bb-export-0-master", 203, 703, [(1, EXCEPTION, "coord-1")])
+        self.expect_outcome(result=EXCEPTION)
+        d = self.run_step()
+        self.trigger.finish("bb-build-0-x86_64", SUCCESS)
+        self.finish_call(1, EXCEPTION)
+        yield d
+        self.assertEqual(self.trigger.triggered, ["bb-build-0-x86_64", "bb-export-0-master"])
+
+    @defer.inlineCallbacks
+    def test_a_failed_script_is_never_run_again(self):
+        self.setup_pipeline(TWO_ARCHES)
+        yield self.insert_attempt("bb-build-0-x86_64", 201, 701, [(1, FAILURE, "x86-1")])
+        self.expect_outcome(result=FAILURE)
+        d = self.run_step()
+        self.finish_call(0, FAILURE)
+        self.trigger.finish("bb-build-arm-0-aarch64", SUCCESS)
+        self.trigger.finish("bb-test-arm-0-aarch64", SUCCESS)
+        yield d
+        self.assertEqual(
+            self.trigger.triggered,
+            ["bb-build-0-x86_64", "bb-build-arm-0-aarch64", "bb-test-arm-0-aarch64"],
+        )
+
+    @defer.inlineCallbacks
+    def test_exceptions_past_the_attempts_fail_the_instance_as_infrastructure(self):
+        pipeline = parse(TWO_ARCHES)
+        step = self.setup_step(RunPipeline(pipeline, builder_table(pipeline), job_attempts=2))
+        self.build.sources[""] = SimpleNamespace(
+            codebase="", repository="r", branch="main", revision="abc", project="foo", changes=[]
+        )
+        yield self.insert_attempt("bb-build-0-x86_64", 201, 701, [(1, EXCEPTION, "x86-1")])
+        self.expect_outcome(result=EXCEPTION)
+        d = self.run_step()
+        yield self.insert_attempt("bb-build-0-x86_64", 201, 702, [(2, EXCEPTION, "x86-2")])
+        self.finish_call(0, EXCEPTION)
+        self.finish_call(2, EXCEPTION)
+        self.trigger.finish("bb-build-arm-0-aarch64", SUCCESS)
+        self.trigger.finish("bb-test-arm-0-aarch64", SUCCESS)
+        yield d
+        self.assertEqual(self.trigger.triggered.count("bb-build-0-x86_64"), 2)
+        lines = self.log_lines(step)
+        why = (
+            "infrastructure failure: build[0]@x86_64 did not finish in 2 attempts (not a "
+            "failure of the job): build 1 on x86-1 (exception: exception); "
+            "build 2 on x86-2 (exception: exception)"
+        )
+        self.assertIn(f"build[0]@x86_64: giving up: {why}", lines)
+        self.assertIn(f"build[0]@x86_64 on bb-build-0-x86_64: exception ({why})", lines)
+
+    @defer.inlineCallbacks
+    def test_builds_lost_with_their_worker_count_and_past_the_attempts_are_cancelled(self):
+        _, step = self.setup_pipeline(TWO_ARCHES)
+        self.master.mq.verifyMessages = False
+        yield self.insert_attempt("bb-build-0-x86_64", 201, 701, [(1, RETRY, "x86-1")])
+        self.expect_outcome(result=EXCEPTION)
+        d = self.run_step()
+        unclaimed = (("buildrequests", "701", "unclaimed"), {"buildrequestid": 701})
+        self.master.mq.clearProductions()
+        self.master.mq.callConsumer(*unclaimed)  # Buildbot runs it again: attempt 2 of 3
+        self.assertEqual(self.master.mq.productions, [])
+        yield self.master.db.insert_test_data(
+            [
+                fakedb.Build(
+                    id=7000 + number,
+                    buildrequestid=701,
+                    number=number,
+                    masterid=fakedb.FakeDBConnector.MASTER_ID,
+                    builderid=201,
+                    workerid=400 + sum(map(ord, "x86-1")),
+                    complete_at=1,
+                    results=RETRY,
+                    state_string="lost connection",
+                )
+                for number in (2, 3)
+            ]
+        )
+        self.master.mq.callConsumer(*unclaimed)  # the third lost build: no attempt left
+        self.assertEqual(len(self.master.mq.productions), 1)
+        routing, body = self.master.mq.productions[0]
+        self.assertEqual(routing, ("control", "buildrequests", "701", "cancel"))
+        self.assertIn("infrastructure failure: build[0]@x86_64 did not finish in 3", body["reason"])
+        # The cancelled request finishes; the instance fails as an infrastructure failure.
+        self.finish_call(0, CANCELLED)
+        self.trigger.finish("bb-build-arm-0-aarch64", SUCCESS)
+        self.trigger.finish("bb-test-arm-0-aarch64", SUCCESS)
+        yield d
+        self.assertEqual(self.trigger.triggered.count("bb-build-0-x86_64"), 1)
+        lines = self.log_lines(step)
+        self.assertIn(
+            "build[0]@x86_64: build 1 on x86-1 (retry: lost connection): infrastructure "
+            "failure, runs again on a worker of its pool (attempt 2 of 3)",
+            lines,
+        )
+        self.assertTrue(
+            any(
+                line.startswith("build[0]@x86_64 on bb-build-0-x86_64: exception (infrastructure")
+                for line in lines
+            ),
+            lines,
+        )
+
 
 class JobTriggerTests(SchedulerMixin, TestReactorMixin, unittest.TestCase):
     OBJECTID = 33

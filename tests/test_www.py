@@ -210,3 +210,23 @@ def test_whoami_says_who_may_control_the_gate():
         result = WhoAmIResource(app).render_GET(request)
         assert result == NOT_DONE_YET
         assert answer(request) == {"user": user, "admin": admin}
+
+
+def test_repository_folders_never_serve_or_list_hidden_entries(tmp_path):
+    """The repositories' work directories (``.staging/``, where a write may be half done)
+    and other dot files are neither served nor listed."""
+    from gating.www import _PublicFiles
+
+    (tmp_path / ".staging" / "pkgs-1").mkdir(parents=True)
+    (tmp_path / ".staging" / "pkgs-1" / "half.rpm").write_bytes(b"half")
+    (tmp_path / "repo" / "repodata").mkdir(parents=True)
+    (tmp_path / "repo" / "repodata" / "repomd.xml").write_text("<repomd/>")
+    (tmp_path / "repo" / ".hidden").write_text("x")
+    files = _PublicFiles(str(tmp_path))
+    request = DummyRequest([b""])
+    assert files.listNames() == ["repo"]
+    assert files.getChild(b".staging", request).code == 404
+    repo = files.getChild(b"repo", request)
+    assert repo.getChild(b".hidden", request).code == 404
+    assert repo.listNames() == ["repodata"]
+    assert repo.getChild(b"repodata", request).getChild(b"repomd.xml", request).exists()

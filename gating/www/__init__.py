@@ -357,6 +357,19 @@ class _OneRun(_Member):
         )
 
 
+class _PublicFiles(static.File):
+    """Static files that never serve or list a hidden entry (``.staging/``: the work
+    directories of the repositories, where half-written files may be)."""
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path.startswith(b"."):
+            return resource.NoResource("no such file")
+        return super().getChild(path, request)
+
+    def listNames(self) -> list[str]:  # noqa: N802 (Twisted's name)
+        return [name for name in super().listNames() if not name.startswith(".")]
+
+
 class ReposResource(resource.Resource):
     """Static files of the build backend's public directories (read-only)."""
 
@@ -378,7 +391,7 @@ class ReposResource(resource.Resource):
         if folder is None:
             return resource.NoResource(f"no such repository folder (known: {', '.join(dirs)})")
         folder.mkdir(parents=True, exist_ok=True)
-        files = static.File(str(folder), defaultType="application/octet-stream")
+        files = _PublicFiles(str(folder), defaultType="application/octet-stream")
         files.contentTypes.update({".repo": "text/plain", ".xml": "text/xml"})
         return files
 
