@@ -328,6 +328,10 @@ class LocalBuildBackend:
 # -- the koji backend ---------------------------------------------------------------------
 
 
+# How many of our newest koji build tasks are looked at for an orphaned scratch build.
+_ORPHAN_WINDOW = 100
+
+
 class KojiBuildBackend:
     """A koji hub: builds from SCM, tags and repos; scratch RPMs cached under
     ``cache_root`` (a :class:`LocalBackend`: its (package, commit) cache, file locks and
@@ -383,7 +387,9 @@ class KojiBuildBackend:
             found = self.find_scratch(package, commit)
             if found is not None:
                 return found
-            task_id = self.session.build_from_scm(scm_url, self.scratch_target, True)
+            task_id = self._orphan_scratch_task(scm_url) or self.session.build_from_scm(
+                scm_url, self.scratch_target, True
+            )
             self.session.wait_task(task_id, self.poll_interval, self.task_timeout)
             urls = self.session.task_rpms(task_id, include_srpm=True)
             self.cache.root.joinpath("tmp").mkdir(parents=True, exist_ok=True)
@@ -398,6 +404,29 @@ class KojiBuildBackend:
                         f"{self.session.task_url(task_id)}"
                     )
                 return self.cache.add_build(package, commit, srpms[0], rpms, None, scratch=True)
+
+    def _orphan_scratch_task(self, scm_url: str) -> int | None:
+        """A scratch build task of ours for ``scm_url`` and the scratch target that is still
+        running or ended well but whose RPMs never reached the cache (a master killed while
+        it waited: the task runs on without it): adopted, not built twice. Our newest
+        ``build`` tasks only (one request)."""
+        owner = self.session.logged_in_user()["id"]
+        states = [koji.TASK_STATES[s] for s in ("FREE", "OPEN", "ASSIGNED", "CLOSED")]
+        tasks = self.session.call(
+            "listTasks",
+            {"method": "build", "owner": owner, "state": states, "decode": True},
+            {"order": "-id", "limit": _ORPHAN_WINDOW},
+        )
+        for task in tasks or []:
+            request = list(task.get("request") or [])
+            if (
+                len(request) >= 3
+                and request[0] == scm_url
+                and request[1] == self.scratch_target
+                and bool((request[2] or {}).get("scratch"))
+            ):
+                return int(task["id"])
+        return None
 
     def add_build(
         self,

@@ -333,6 +333,37 @@ def test_koji_scratch_build_downloads_rpms_once(
     assert not overlay.exists()
 
 
+def test_koji_scratch_task_of_a_killed_master_is_adopted_not_built_again(
+    kb: KojiBuildBackend, hub: KojiTestHub, dg: DistGit, tmp_path: Path
+) -> None:
+    """A master died while its scratch task waited on the hub: the next one (an empty
+    cache) waits for that task and takes its RPMs; once it ended, too. A failed one is
+    not adopted."""
+    commit = dg.commit()
+    hub.hold_tasks("build")
+    orphan = kb.session.build_from_scm(dg.url(commit), "el9-gate", True)
+    threading.Timer(1.0, hub.release_tasks, ("build",)).start()
+    restarted = KojiBuildBackend(
+        kb.session, tmp_path / "cache-2", target="el9-gate", poll_interval=POLL
+    )
+    build = restarted.scratch_build(dg.name, dg.url(commit), commit)
+    assert (build.nvr, build.reused) == (NVR, False) and build.rpms[0].is_file()
+    assert [t["id"] for t in scratch_tasks(hub)] == [orphan]
+    again = KojiBuildBackend(
+        kb.session, tmp_path / "cache-3", target="el9-gate", poll_interval=POLL
+    )
+    assert again.scratch_build(dg.name, dg.url(commit), commit).nvr == NVR
+    assert [t["id"] for t in scratch_tasks(hub)] == [orphan]  # CLOSED: adopted as well
+
+    broken = dg.commit()
+    hub.fail_builds(broken)
+    with pytest.raises(KojiTaskFailed):
+        kb.scratch_build(dg.name, dg.url(broken), broken)
+    hub.fail_builds(None)
+    assert kb.scratch_build(dg.name, dg.url(broken), broken).nvr == NVR
+    assert len(scratch_tasks(hub)) == 3
+
+
 def test_koji_scratch_target(hub: KojiTestHub, dg: DistGit, tmp_path: Path) -> None:
     hub.create_target("el9-scratch", "el9-build", "el9")
     with KojiSession(settings(hub)) as session:
