@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+import koji
 import pytest
 import yaml
 
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 USER, PASSWORD = "gating-bot", "koji-s3cret"
+TASK = koji.TASK_STATES
 DEST, CANDIDATE = "rdo-liberty", "rdo-liberty-candidate"
 
 
@@ -353,7 +355,8 @@ def test_a_master_killed_between_the_koji_tag_and_the_merge_finishes_or_undoes_i
     a, b = propose_pair(site, version, cversion)
     wait_for(koji_hooks / f"paused-export-after-{killed_after}")
     assert (nvr in hub.tagged(DEST)) is forward
-    assert len([t for t in tag_tasks(hub, nvr) if t["state"] == 2]) == (1 if forward else 0)
+    closed = [t for t in tag_tasks(hub, nvr) if t["state"] == TASK["CLOSED"]]
+    assert len(closed) == (1 if forward else 0)
     assert version not in merged_log(site, "nova")
     (entry,) = [e for e in journal_entries(site) if e["key"] == f"nova~{a}" and not e["closed"]]
     assert entry["steps"][-1] == killed_after
@@ -389,7 +392,7 @@ def test_a_tag_task_left_pending_on_the_hub_by_a_killed_master_never_lands_late(
     try:
         a, b = propose_pair(site, version, cversion)
         (orphan,) = wait_for_value(lambda: tag_tasks(hub, nvr), "no tagBuild task of " + nvr)
-        assert orphan["state"] == 0  # FREE: held on the hub
+        assert orphan["state"] == TASK["FREE"]  # held on the hub
         (entry,) = [e for e in journal_entries(site) if e["key"] == f"nova~{a}" and not e["closed"]]
         assert entry["steps"][-1] == "tagging"
         kill_master(site)
@@ -397,7 +400,9 @@ def test_a_tag_task_left_pending_on_the_hub_by_a_killed_master_never_lands_late(
         # The recovery cancelled it (it stays held until then: nothing else ends it).
         wait_for_value(
             lambda: [
-                t for t in hub.tasks("tagBuild") if t["id"] == orphan["id"] and t["state"] == 4
+                t
+                for t in hub.tasks("tagBuild")
+                if t["id"] == orphan["id"] and t["state"] == TASK["CANCELED"]
             ],
             f"the orphaned tagBuild task {orphan['id']} was not cancelled",
         )
@@ -407,7 +412,8 @@ def test_a_tag_task_left_pending_on_the_hub_by_a_killed_master_never_lands_late(
         site, hub, [f"nova~{a}", f"ceilometer~{b}"], version, nvr, cversion
     )
     states = [t["state"] for t in tag_tasks(hub, nvr)]
-    assert states == [4, 2], states  # the orphan CANCELED, the next attempt's CLOSED
+    # The orphan CANCELED, the next attempt's CLOSED.
+    assert states == [TASK["CANCELED"], TASK["CLOSED"]], states
     mine = {e["attempt"]: e for e in journal_entries(site) if e["key"] == f"nova~{a}"}
     assert mine[entry["attempt"]]["closed"] == "abandoned"
     assert mine[max(mine)]["closed"] == "merged" and max(mine) > entry["attempt"]

@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import time
 
+import koji
 import pytest
 import yaml
 
@@ -147,3 +148,94 @@ def test_a_master_killed_in_a_poll_cycle_neither_loses_nor_repeats_an_event(
     (fired,) = object_state(site, "koji_fired")
     assert len(fired) == len(set(fired)) == 3
     assert object_state(site, "koji_firing") == [None]
+
+
+# -- (b) a kill while the gate's koji scratch builds run on the hub -----------------------
+
+
+@pytest.fixture(scope="module")
+def gate_hub(tmp_path_factory):
+    from tests.integration.test_export_koji import CANDIDATE, DEST, PASSWORD, USER
+
+    with KojiTestHub(tmp_path_factory.mktemp("gate-hub"), first_event_id=2**31 + 201) as hub:
+        hub.add_user(USER, PASSWORD, perms=["repo"])
+        hub.create_tag("rdo-build", arches="x86_64")
+        hub.create_tag(DEST)
+        hub.create_tag(CANDIDATE)
+        hub.create_target("rdo-liberty", "rdo-build", DEST)
+        yield hub
+
+
+def test_a_master_killed_with_scratch_builds_in_flight_adopts_them_and_the_gate_resumes(
+    make_site, gate_hub
+):
+    """Two gate items (nova A, then ceilometer B behind it: B's overlay needs A's nova and
+    B's ceilometer) whose scratch builds wait on the hub when the master dies. After the
+    restart the gate resumes by itself, the orphaned scratch tasks are adopted (no second
+    task for a (package, commit)), and both changes merge once, their RPMs landed in gate
+    order."""
+    from tests.integration.test_export_koji import dest_history, koji_site, scratch_tasks
+    from tests.integration.test_export_local import (
+        approve,
+        journal_entries,
+        spec,
+        wait_finished,
+    )
+    from tests.integration.test_gate import git, propose
+
+    hub = gate_hub
+    site = koji_site(make_site, hub, "rebuild")
+    before = {t["id"] for t in scratch_tasks(hub)}
+    hub.hold_tasks("build")
+    try:
+        a = propose(
+            site, "nova", {"nova.spec": spec("nova", "12.0.1"), "DURATION": "0"}, "nova 12.0.1"
+        )
+        b = propose(
+            site,
+            "ceilometer",
+            {"ceilometer.spec": spec("ceilometer", "8.0.1"), "DURATION": "0"},
+            "ceilometer 8.0.1",
+        )
+        approve(site, "nova", a)
+        approve(site, "ceilometer", b)
+        # Both scratch builds asked for (nova at A, ceilometer at B), held on the hub.
+        orphans = wait_for(
+            lambda: (lambda new: new if len(new) == 2 else None)(
+                [t for t in scratch_tasks(hub) if t["id"] not in before]
+            ),
+            "the gate's two scratch builds were not asked for",
+        )
+        assert all(t["state"] == koji.TASK_STATES["FREE"] for t in orphans)  # in flight
+        kill_master(site)
+        site.start()
+    finally:
+        hub.release_tasks("build")
+    keys = [f"nova~{a}", f"ceilometer~{b}"]
+    done = wait_finished(site, keys, timeout=600)
+    assert [done[k]["state"] for k in keys] == ["merged", "merged"], json.dumps(done, indent=1)
+    assert all(done[k]["attempt"] >= 2 for k in keys)  # restarted by the new master
+
+    # Adopted: each (package, commit) has the one task the killed master started.
+    new = [t for t in scratch_tasks(hub) if t["id"] not in before]
+    assert sorted(t["id"] for t in new) == sorted(t["id"] for t in orphans), new
+    assert all(t["state"] == koji.TASK_STATES["CLOSED"] for t in new)
+    # Merged once each, RPMs landed once each, in gate order.
+    tags = [(action, nvr) for _e, action, nvr in dest_history(hub)]
+    assert [n for act, n in tags if n in ("nova-12.0.1-1", "ceilometer-8.0.1-1")] == [
+        "nova-12.0.1-1",
+        "ceilometer-8.0.1-1",
+    ]
+    assert all(act == "tag" for act, _n in tags)
+    for project, subject in (("nova", "nova 12.0.1"), ("ceilometer", "ceilometer 8.0.1")):
+        log = git(site.master_dir / "git" / f"{project}.git", "log", "--format=%s", "main")
+        assert log.splitlines().count(subject) == 1
+    # B was tested on A's nova from the adopted scratch build (its overlay).
+    runs = {
+        site.properties(r["buildid"]).get("gating_change"): r
+        for r in site.builds_of("packstack/packstack/x86_64")
+        if r["complete"]
+    }
+    log = site.step_log(runs[f"ceilometer~{b}"]["buildid"], "run")
+    assert "installed: nova-12.0.1-1.noarch" in log.splitlines(), log
+    assert not [e for e in journal_entries(site) if not e["closed"]]
