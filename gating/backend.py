@@ -344,6 +344,10 @@ class LocalBuildBackend:
 # -- the koji backend ---------------------------------------------------------------------
 
 
+# How many of our newest koji build tasks are looked at for an orphaned scratch build.
+_ORPHAN_WINDOW = 100
+
+
 class KojiBuildBackend:
     """A koji hub: builds from SCM, tags and repos; scratch RPMs cached under
     ``cache_root`` (a :class:`LocalBackend`: its (package, commit) cache, file locks and
@@ -400,7 +404,9 @@ class KojiBuildBackend:
             found = self.find_scratch(package, commit)
             if found is not None:
                 return found
-            task_id = self.session.build_from_scm(scm_url, self.scratch_target, True)
+            task_id = self._orphan_scratch_task(scm_url) or self.session.build_from_scm(
+                scm_url, self.scratch_target, True
+            )
             self.session.wait_task(task_id, self.poll_interval, self.task_timeout)
             urls = self.session.task_rpms(task_id, include_srpm=True)
             self.cache.root.joinpath("tmp").mkdir(parents=True, exist_ok=True)
@@ -415,6 +421,29 @@ class KojiBuildBackend:
                         f"{self.session.task_url(task_id)}"
                     )
                 return self.cache.add_build(package, commit, srpms[0], rpms, None, scratch=True)
+
+    def _orphan_scratch_task(self, scm_url: str) -> int | None:
+        """A scratch build task of ours for ``scm_url`` and the scratch target that is still
+        running or ended well but whose RPMs never reached the cache (a master killed while
+        it waited: the task runs on without it): adopted, not built twice. Our newest
+        ``build`` tasks only (one request)."""
+        owner = self.session.logged_in_user()["id"]
+        states = [koji.TASK_STATES[s] for s in ("FREE", "OPEN", "ASSIGNED", "CLOSED")]
+        tasks = self.session.call(
+            "listTasks",
+            {"method": "build", "owner": owner, "state": states, "decode": True},
+            {"order": "-id", "limit": _ORPHAN_WINDOW},
+        )
+        for task in tasks or []:
+            request = list(task.get("request") or [])
+            if (
+                len(request) >= 3
+                and request[0] == scm_url
+                and request[1] == self.scratch_target
+                and bool((request[2] or {}).get("scratch"))
+            ):
+                return int(task["id"])
+        return None
 
     def add_build(
         self,
@@ -530,6 +559,35 @@ class KojiBuildBackend:
         tagged already."""
         return self.session.tag_build(tag, nvr, poll_interval=self.poll_interval) is not None
 
+    def settle_tag(self, tag: str, nvr: str) -> list[int]:
+        """Cancel our ``tagBuild`` tasks of ``nvr`` into ``tag`` that have not ended, and
+        wait until each has: a tag task a killed master left pending on the hub would
+        otherwise land after the export's recovery looked (and decided "back"). The ids
+        of the tasks found (each is CANCELED now, or ended before it could be)."""
+        build = self.session.get_build(nvr)
+        tag_info = self.session.call("getTag", tag)
+        if build is None or tag_info is None:
+            return []
+        owner = self.session.logged_in_user()["id"]
+        pending = [koji.TASK_STATES[s] for s in ("FREE", "OPEN", "ASSIGNED")]
+        tasks = self.session.call(
+            "listTasks",
+            {"method": "tagBuild", "owner": owner, "state": pending, "decode": True},
+            {"order": "id"},
+        )
+        ids = [
+            t["id"]
+            for t in tasks or []
+            if list(t.get("request") or [])[:2] == [tag_info["id"], build["id"]]
+        ]
+        for task_id in ids:
+            self.session.cancel_task(task_id)
+            try:
+                self.session.wait_task(task_id, self.poll_interval)
+            except KojiTaskFailed:
+                pass  # CANCELED (or failed): it tagged nothing
+        return ids
+
     def untag(self, tag: str, nvr: str) -> bool:
         tags = self.session.call("listTags", build=nvr)
         if not any(t["name"] == tag for t in tags or []):
@@ -552,6 +610,32 @@ class KojiBuildBackend:
             tag, event.id, poll_interval=self.poll_interval, timeout=self.repo_timeout
         )
         return str(repo["id"])
+
+    def ensure_repo(self, tag: str) -> str:
+        """A repo of the tag made after its last tag change, regenerated only if needed
+        (the recovery of an export: a master killed while it waited for its repo left a
+        ``newRepo`` task on the hub, or the repo was made before it could record so): our
+        pending ``newRepo`` tasks of the tag are waited for first, then the current repo
+        is kept if no tag change came after it; its id."""
+        tag_info = self.session.call("getTag", tag)
+        if tag_info is not None:
+            owner = self.session.logged_in_user()["id"]
+            pending = [koji.TASK_STATES[s] for s in ("FREE", "OPEN", "ASSIGNED")]
+            tasks = self.session.call(
+                "listTasks",
+                {"method": "newRepo", "owner": owner, "state": pending, "decode": True},
+                {"order": "id"},
+            )
+            for task in tasks or []:
+                if list(task.get("request") or [None])[0] in (tag, tag_info["id"]):
+                    try:
+                        self.session.wait_task(task["id"], self.poll_interval)
+                    except KojiTaskFailed:
+                        pass  # no repo from it: the check below asks for one
+        repo = self.session.get_repo(tag)
+        if repo is not None and not self.session.tag_history([tag], repo["create_event"]).events:
+            return str(repo["id"])
+        return self.publish_repo(tag)
 
     def history(self, tag: str) -> list[TagChange]:
         events = self.session.tag_history([tag], None).events

@@ -793,6 +793,11 @@ class GateScheduler(ReconfigurableBaseScheduler):
         """(In a thread.) Is the entry's NVR in its tag; does the branch contain the
         change (Gerrit: is the change merged; the local forge: is its tested commit on
         the branch)?"""
+        settle = getattr(backend, "settle_tag", None)
+        if settle is not None and entry.nvr and entry.last == journalmod.TAGGING:
+            # Its tag call may still be pending on the hub (koji: a task outlives the
+            # master that asked for it): cancelled, or ended, before the tag is read.
+            settle(entry.tag, entry.nvr)
         in_tag = bool(entry.nvr) and entry.nvr in backend.tagged(entry.tag)
         merged = self._contains(entry.project, entry.branch, entry.number, entry.commit)
         return journalmod.Observed(in_tag=in_tag, merged=merged)
@@ -833,7 +838,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
             yield threads.deferToThread(backend.untag, action.tag, action.nvr)
             yield self._record(ident, action.after)
         elif isinstance(action, journalmod.PublishRepo):
-            yield threads.deferToThread(backend.publish_repo, action.tag)
+            # koji: not again when the killed master's repo request made it already.
+            publish = getattr(backend, "ensure_repo", backend.publish_repo)
+            yield threads.deferToThread(publish, action.tag)
             yield self._record(ident, action.after)
         elif isinstance(action, journalmod.Untag):
             yield self._record(ident, action.before)

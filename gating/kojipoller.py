@@ -5,7 +5,11 @@ Events come from polling the hub (``source: poll``: one multicall per cycle, see
 :mod:`gating.kojievents`) or from the fedora-messaging bus (``source: amqp``, see
 :mod:`gating.kojiamqp`). The poll cursor and the keys of the events already fired are kept
 in the master's database (Buildbot's object state), so a restarted master neither misses
-nor repeats an event. As a Buildbot scheduler it is active on one master at a time.
+nor repeats an event. An event's buildsets carry its key (``external_idstring``, see
+:func:`buildset_idstring`) and the event being fired is saved before them
+(``koji_firing``), so a master killed between starting an event's pipelines and saving
+the event as fired starts, on restart, only those of its pipelines that have no buildset
+yet. As a Buildbot scheduler it is active on one master at a time.
 
 A hub that does not answer costs a poll cycle, not the poller: a cycle's retries stop
 within about one poll interval (:func:`gating.outage.poll_cycle_policy`), the cursor stays
@@ -17,12 +21,16 @@ delivered, once, when the hub answers again. Meanwhile :meth:`KojiEventScheduler
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from buildbot.data import resultspec
+from buildbot.data.buildsets import buildset_field_mapping
 from buildbot.process.properties import Properties, Secret
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, task, threads
@@ -47,6 +55,13 @@ from gating.taskrunner import TASK_WORKDIR, TaskRepoRunner
 KOJI_SCHEDULER = "koji-events"
 CURSOR_KEY = "koji_cursor"
 FIRED_KEY = "koji_fired"
+# The key of the event whose pipelines are being started (None between events).
+FIRING_KEY = "koji_firing"
+# Integration tests only: with a file ``pause-koji-fire-after-buildsets`` in this directory,
+# the scheduler stops (for good) once an event's buildsets were added, before the event is
+# saved as fired, so that a test can kill the master there. Unset in production.
+TEST_HOOKS_ENV = "GATING_TEST_HOOKS_DIR"
+IDSTRING_MAX = 256  # Buildbot's buildsets.external_idstring column
 # How many fired event keys are remembered (to drop duplicates from the message bus).
 FIRED_MEMORY = 2000
 
@@ -101,6 +116,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         self._session: KojiSession | None = None
         self._cursor = Cursor()
         self._fired: list[str] = []
+        self._interrupted: str | None = None  # the event a killed master was firing
         self._lock = defer.DeferredLock()
         self._runner: TaskRepoRunner | None = None
         self.polls = 0
@@ -134,6 +150,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
             return
         self._cursor = Cursor.from_json((yield self.getState(CURSOR_KEY, None)))
         self._fired = list((yield self.getState(FIRED_KEY, [])))
+        self._interrupted = yield self.getState(FIRING_KEY, None)
         if self.settings.source == "amqp":
             from gating.kojiamqp import KojiMessageConsumer
 
@@ -252,8 +269,17 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         if event.key in self._fired:
             log.msg(f"{self.name}: {event.describe()}: already handled ({event.key})")
             return []
+        # A master killed while firing this event may have started some of its pipelines.
+        done = set()
+        if self._interrupted == event.key:
+            done = yield self._started_before(event)
+        yield self.setState(FIRING_KEY, event.key)
         started = []
         for pipeline in self.settings.watches.pipelines_for(event):
+            ident = buildset_idstring(event.key, pipeline)
+            if ident in done:
+                log.msg(f"{self.name}: {event.describe()}: {pipeline} was started before a restart")
+                continue
             props = Properties()
             for key, value in event.properties().items():
                 props.setProperty(key, value, "koji")
@@ -262,6 +288,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
                 sourcestamps=[],
                 properties=props,
                 builderNames=[pipeline],
+                external_idstring=ident,
             )
             started.append((pipeline, bsid))
         if started:
@@ -269,6 +296,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
                 f"{self.name}: {event.describe()}: started "
                 + ", ".join(f"{p} (buildset {b})" for p, b in started)
             )
+        yield self._test_pause("pause-koji-fire-after-buildsets")
         if self.on_event is not None:
             try:
                 yield self.on_event(event)
@@ -276,7 +304,30 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
                 log.err(exc, f"{self.name}: {event.describe()}: task repositories")
         self._fired.append(event.key)
         del self._fired[:-FIRED_MEMORY]
+        # Fired: saved before the next event (the cursor is saved at the cycle's end).
+        yield self.setState(FIRED_KEY, list(self._fired))
+        yield self.setState(FIRING_KEY, None)
+        if self._interrupted == event.key:
+            self._interrupted = None
         return started
+
+    @defer.inlineCallbacks
+    def _started_before(self, event: KojiBuildEvent) -> Any:
+        """The idstrings of the buildsets this scheduler added for ``event`` (one SQL query on
+        ``external_idstring``, only for the event a killed master was firing)."""
+        pipelines = self.settings.watches.pipelines_for(event)
+        idents = [buildset_idstring(event.key, p) for p in pipelines]
+        spec = resultspec.ResultSpec(filters=[resultspec.Filter("external_idstring", "in", idents)])
+        spec.fieldMapping = buildset_field_mapping
+        buildsets = yield self.master.db.buildsets.getBuildsets(resultSpec=spec)
+        return {b.external_idstring for b in buildsets}
+
+    def _test_pause(self, name: str) -> Any:
+        folder = os.environ.get(TEST_HOOKS_ENV)
+        if not folder or not (Path(folder) / name).exists():
+            return None
+        (Path(folder) / name.replace("pause-", "paused-", 1)).write_text(self.name)
+        return defer.Deferred()  # never fires: the test kills the master here
 
     def _run_tasks(self, event: KojiBuildEvent) -> defer.Deferred:
         """``on_event`` with task repositories: their tasks' builds for the event."""
@@ -305,6 +356,15 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
             "fired": len(self._fired),
             "hub_outage": outage.to_json(time.time()) if outage is not None else None,
         }
+
+
+def buildset_idstring(event_key: str, pipeline: str) -> str:
+    """The ``external_idstring`` of the buildset an event starts for a pipeline: the event's
+    key and the pipeline, or their digest when that does not fit Buildbot's column."""
+    ident = f"koji-event {event_key} {pipeline}"
+    if len(ident) <= IDSTRING_MAX:
+        return ident
+    return "koji-event sha256:" + hashlib.sha256(ident.encode()).hexdigest()
 
 
 def _with_password(url: str, password: str) -> str:

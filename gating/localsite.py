@@ -191,7 +191,8 @@ class LocalSite:
 
     def start(self, timeout: float = 90) -> None:
         proc = subprocess.run(
-            # buildbot's own wait is 10 s: too short on a loaded host
+            # Buildbot's own wait for "BuildMaster is running" is 10 s by default: too short
+            # on a loaded host (a restart after a SIGKILL recovers the gate first).
             [_bin("buildbot"), "start", f"--start_timeout={timeout:g}", str(self.master_dir)],
             env=self.env(),
             capture_output=True,

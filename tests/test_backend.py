@@ -333,6 +333,37 @@ def test_koji_scratch_build_downloads_rpms_once(
     assert not overlay.exists()
 
 
+def test_koji_scratch_task_of_a_killed_master_is_adopted_not_built_again(
+    kb: KojiBuildBackend, hub: KojiTestHub, dg: DistGit, tmp_path: Path
+) -> None:
+    """A master died while its scratch task waited on the hub: the next one (an empty
+    cache) waits for that task and takes its RPMs; once it ended, too. A failed one is
+    not adopted."""
+    commit = dg.commit()
+    hub.hold_tasks("build")
+    orphan = kb.session.build_from_scm(dg.url(commit), "el9-gate", True)
+    threading.Timer(1.0, hub.release_tasks, ("build",)).start()
+    restarted = KojiBuildBackend(
+        kb.session, tmp_path / "cache-2", target="el9-gate", poll_interval=POLL
+    )
+    build = restarted.scratch_build(dg.name, dg.url(commit), commit)
+    assert (build.nvr, build.reused) == (NVR, False) and build.rpms[0].is_file()
+    assert [t["id"] for t in scratch_tasks(hub)] == [orphan]
+    again = KojiBuildBackend(
+        kb.session, tmp_path / "cache-3", target="el9-gate", poll_interval=POLL
+    )
+    assert again.scratch_build(dg.name, dg.url(commit), commit).nvr == NVR
+    assert [t["id"] for t in scratch_tasks(hub)] == [orphan]  # CLOSED: adopted as well
+
+    broken = dg.commit()
+    hub.fail_builds(broken)
+    with pytest.raises(KojiTaskFailed):
+        kb.scratch_build(dg.name, dg.url(broken), broken)
+    hub.fail_builds(None)
+    assert kb.scratch_build(dg.name, dg.url(broken), broken).nvr == NVR
+    assert len(scratch_tasks(hub)) == 3
+
+
 def test_koji_scratch_target(hub: KojiTestHub, dg: DistGit, tmp_path: Path) -> None:
     hub.create_target("el9-scratch", "el9-build", "el9")
     with KojiSession(settings(hub)) as session:
@@ -490,6 +521,47 @@ def test_koji_tag_once_history_and_publish_repo(
     assert kb.tagged("el9") == []
     assert [(c.action, c.nvr) for c in kb.history("el9")] == [("tag", nvr), ("untag", nvr)]
     assert kb.publish_repo("el9") != repo_id
+
+
+def test_koji_settle_tag_cancels_a_pending_tag_task_before_it_lands(
+    kb: KojiBuildBackend, hub: KojiTestHub, dg: DistGit
+) -> None:
+    """A tag task a killed master left pending on the hub is cancelled (it never lands
+    later); one that already ended is left as it is; other builds' tasks are not touched."""
+    commits = [dg.commit(release=r) for r in ("1", "2")]
+    nvrs = [kb.release_build(dg.name, dg.url(c), c).nvr for c in commits]
+    assert kb.settle_tag("el9", nvrs[0]) == []  # nothing pending
+    hub.hold_tasks("tagBuild")
+    pending = [kb.session.tag_build("el9", nvr, wait=False) for nvr in nvrs]
+    assert all(t["state"] == koji.TASK_STATES["FREE"] for t in hub.tasks("tagBuild"))
+    assert kb.settle_tag("el9", nvrs[0]) == [pending[0]]
+    hub.release_tasks("tagBuild")
+    kb.session.wait_task(pending[1], poll_interval=POLL)
+    states = {t["id"]: koji.TASK_STATES[t["state"]] for t in hub.tasks("tagBuild")}
+    assert states == {pending[0]: "CANCELED", pending[1]: "CLOSED"}
+    assert kb.tagged("el9") == [nvrs[1]]
+    assert kb.settle_tag("el9", nvrs[1]) == []  # ended: nothing to cancel
+
+
+def test_koji_ensure_repo_waits_for_a_pending_repo_task_and_asks_only_when_needed(
+    kb: KojiBuildBackend, hub: KojiTestHub, dg: DistGit
+) -> None:
+    commit = dg.commit()
+    nvr = kb.release_build(dg.name, dg.url(commit), commit).nvr
+    kb.tag("el9", nvr)
+    # A repo request of a killed master, still pending: waited for, not asked again.
+    hub.hold_tasks("newRepo")
+    kb.session.new_repo("el9")
+    threading.Timer(1.0, hub.release_tasks, ("newRepo",)).start()
+    repo_id = kb.ensure_repo("el9")
+    assert len(hub.tasks("newRepo")) == 1
+    repo = kb.session.get_repo("el9")
+    assert repo is not None and str(repo["id"]) == repo_id
+    # The repo is current: nothing asked.
+    assert kb.ensure_repo("el9") == repo_id and len(hub.tasks("newRepo")) == 1
+    # A tag change after it: a new repo.
+    kb.untag("el9", nvr)
+    assert kb.ensure_repo("el9") != repo_id and len(hub.tasks("newRepo")) == 2
 
 
 def test_koji_tagged_in_tagging_order(kb: KojiBuildBackend, hub: KojiTestHub, dg: DistGit) -> None:

@@ -776,3 +776,70 @@ def test_cancelling_a_run_cancels_its_requests_that_would_run_again(builds, cont
     scheduler = Scheduler.__new__(Scheduler)
     assert scheduler._cancel(3, "gate reset").called
     assert done == control
+
+
+class _KojiWorld(_World):
+    """A koji-like backend: a tag call is a task that can outlive the master that asked
+    for it (``pending``), and a repository records the tag content it was made of."""
+
+    kind = "koji"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[str, str]] = []
+        self.repo_of: dict[str, frozenset[str]] = {}
+
+    def settle_tag(self, tag: str, nvr: str) -> list[int]:
+        self.calls.append(f"settle {tag} {nvr}")
+        found = [p for p in self.pending if p == (tag, nvr)]
+        self.pending = [p for p in self.pending if p != (tag, nvr)]
+        return list(range(len(found)))
+
+    def publish_repo(self, tag: str) -> str:
+        self.repo_of[tag] = frozenset(self.tags[tag])
+        return super().publish_repo(tag)
+
+    def ensure_repo(self, tag: str) -> str:
+        if self.repo_of.get(tag) == frozenset(self.tags[tag]):
+            return "1"
+        return self.publish_repo(tag)
+
+    def hub_runs_pending_tasks(self) -> None:
+        for tag, nvr in self.pending:
+            self.tag(tag, nvr)
+        self.pending = []
+
+
+def test_a_tag_task_pending_when_the_master_died_is_cancelled_before_the_recovery_decides(
+    tmp_path, monkeypatch
+):
+    """Killed while its tag task waited on the hub: the recovery cancels it before it reads
+    the tag, so the task cannot land after the decision ("back": tested again)."""
+    world, db = _KojiWorld(), _Database()
+    scheduler = _journaled_scheduler(tmp_path, monkeypatch, world, db)
+    _holding(scheduler)
+    _export_until(scheduler, world, "tagging")
+    world.pending.append(("dist", "nova-1-1"))  # the tag call was made, its task waits
+    world.calls.clear()
+    restarted, _ = _restart(tmp_path, monkeypatch, world, db)
+    assert world.calls[0] == "settle dist nova-1-1"
+    world.hub_runs_pending_tasks()  # too late: nothing is left to run
+    assert not world.landed() and not world.merged
+    assert restarted.journal().get("nova~1", 1).closed == "abandoned"
+    item = restarted.gate.find("nova~1")
+    assert (item.state.value, item.attempt) == ("testing", 2)
+
+
+def test_a_recovery_does_not_regenerate_a_repository_the_killed_master_had_made(
+    tmp_path, monkeypatch
+):
+    world, db = _KojiWorld(), _Database()
+    scheduler = _journaled_scheduler(tmp_path, monkeypatch, world, db)
+    _holding(scheduler)
+    _export_until(scheduler, world, "repo")  # made, not recorded
+    world.calls.clear()
+    restarted, _ = _restart(tmp_path, monkeypatch, world, db)
+    assert world.merged and world.landed()
+    assert "repo dist" not in world.calls and not any(c.startswith("settle") for c in world.calls)
+    entry = restarted.journal().get("nova~1", 1)
+    assert entry.closed == "merged" and "repo-ready" in entry.steps

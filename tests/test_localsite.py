@@ -80,3 +80,27 @@ def test_set_tac_password_replaces_exactly_the_placeholder_line():
     )
     with pytest.raises(RuntimeError, match="passwd"):
         set_tac_password("passwd = 'other'\n", "x")
+
+
+def test_start_gives_buildbot_the_sites_own_start_timeout(tmp_path, monkeypatch):
+    """``buildbot start`` gives up after 10 s by default, which a loaded host (or a master
+    recovering its gate after a SIGKILL) can exceed: the site's timeout is passed on."""
+    import subprocess
+
+    import gating.localsite
+
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "took more than 120 seconds")
+
+    monkeypatch.setattr(gating.localsite.subprocess, "run", run)
+    site = LocalSite(tmp_path, www_port=18010, pb_port=19989)
+    try:
+        site.start(timeout=120)
+    except RuntimeError as exc:
+        assert "the master did not start" in str(exc)
+    else:
+        raise AssertionError("a failed 'buildbot start' must raise")
+    assert calls[0][1:3] == ["start", "--start_timeout=120"]

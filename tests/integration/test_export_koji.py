@@ -4,7 +4,10 @@ test server (real ``rpmbuild``, ``createrepo_c``) reached only through the ``koj
 Exports land in gate order (from koji's tag history); in promote mode no build task runs
 while the export lock is held (the lock's own hold intervals against the hub's task log);
 scratch builds are made once per (package, commit); a failed task fails the item with its
-id and log link; hub faults delay but never lose or duplicate a build or a tag."""
+id and log link; hub faults delay but never lose or duplicate a build or a tag; a master
+SIGKILLed between the koji tag and the git merge finishes or undoes its export on restart
+(a tag task it left pending on the hub is cancelled, a repository it asked for is not
+made again)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,19 @@ import shutil
 import time
 from pathlib import Path
 
+import koji
 import pytest
 import yaml
 
-from tests.integration.test_export_local import approve, make_seeds, spec, wait_finished
+from tests.integration.test_export_local import (
+    approve,
+    journal_entries,
+    kill_master,
+    make_seeds,
+    spec,
+    wait_finished,
+    wait_for,
+)
 from tests.integration.test_gate import git, propose
 from tests.support.koji_hub import KojiTestHub
 
@@ -26,6 +38,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 USER, PASSWORD = "gating-bot", "koji-s3cret"
+TASK = koji.TASK_STATES
 DEST, CANDIDATE = "rdo-liberty", "rdo-liberty-candidate"
 
 
@@ -146,9 +159,7 @@ def test_a_failed_koji_task_fails_the_item_with_the_task_and_its_log(rebuild_sit
     site = rebuild_site
     hub.fail_builds("ceilometer")
     try:
-        b = propose(
-            site, "ceilometer", {"ceilometer.spec": spec("ceilometer", "8.0.9")}, "broken"
-        )
+        b = propose(site, "ceilometer", {"ceilometer.spec": spec("ceilometer", "8.0.9")}, "broken")
         approve(site, "ceilometer", b)
         done = wait_finished(site, [f"ceilometer~{b}"])
     finally:
@@ -255,3 +266,196 @@ def test_promote_mode_holds_the_export_lock_without_any_build_task(make_site, hu
     assert len(urls) == len(set(urls)) == 5
     # Candidates were built during testing and moved: none is left in the candidate tag.
     assert not [n for n in hub.tagged(CANDIDATE) if n.startswith("nova-13.")]
+
+
+# -- crash safety: a master SIGKILLed in the export section (gating.exportjournal) --------
+# These restart the rebuild site's master: they come last in the module.
+
+
+@pytest.fixture
+def koji_hooks(rebuild_site, tmp_path, monkeypatch):
+    """The export job's test hook (GATING_TEST_HOOKS_DIR) on: the master is restarted with
+    it in its environment."""
+    from gating.buildjobs import TEST_HOOKS_ENV
+
+    folder = tmp_path / "hooks"
+    folder.mkdir()
+    monkeypatch.setenv(TEST_HOOKS_ENV, str(folder))
+    rebuild_site.stop()
+    rebuild_site.start()
+    return folder
+
+
+def build_id(hub: KojiTestHub, nvr: str) -> int:
+    return next(b["id"] for b in hub.builds() if b["nvr"] == nvr)
+
+
+def tag_tasks(hub: KojiTestHub, nvr: str) -> list[dict]:
+    """The hub's tagBuild tasks of ``nvr`` (into any tag), oldest first."""
+    build = build_id(hub, nvr) if any(b["nvr"] == nvr for b in hub.builds()) else None
+    return [t for t in hub.tasks("tagBuild") if t["request"][1] == build]
+
+
+def dest_tag_id(hub: KojiTestHub) -> int:
+    from gating.kojiclient import KojiSession, KojiSettings
+
+    with KojiSession(KojiSettings(server=hub.url, topurl=hub.topurl)) as session:
+        return session.call("getTag", DEST)["id"]
+
+
+def merged_log(site, project: str) -> list[str]:
+    return git(
+        site.master_dir / "git" / f"{project}.git", "log", "--format=%s", "main"
+    ).splitlines()
+
+
+def propose_pair(site, version: str, cversion: str) -> tuple[int, int]:
+    a = propose(site, "nova", {"nova.spec": spec("nova", version), "DURATION": "0"}, version)
+    b = propose(
+        site,
+        "ceilometer",
+        {"ceilometer.spec": spec("ceilometer", cversion), "DURATION": "0"},
+        f"ceilometer {cversion}",
+    )
+    approve(site, "nova", a)
+    approve(site, "ceilometer", b)
+    return a, b
+
+
+def assert_merged_once_and_landed_once(site, hub, keys, version, nvr, cversion) -> None:
+    done = wait_finished(site, keys, timeout=600)
+    assert {k: v["state"] for k, v in done.items()} == dict.fromkeys(keys, "merged"), json.dumps(
+        done, indent=1
+    )
+    # Merged exactly once; its RPM tagged exactly once (one tag event, never untagged)...
+    assert merged_log(site, "nova").count(version) == 1
+    assert [(action, n) for _e, action, n in dest_history(hub) if n == nvr] == [("tag", nvr)]
+    assert hub.tagged(DEST).count(nvr) == 1
+    # ... and in gate order: the item behind landed after it, and merged too.
+    tagged = [n for _e, action, n in dest_history(hub) if action == "tag"]
+    assert tagged.index(nvr) < tagged.index(f"ceilometer-{cversion}-1")
+    assert merged_log(site, "ceilometer").count(f"ceilometer {cversion}") == 1
+    assert not [e for e in journal_entries(site) if not e["closed"]]
+
+
+@pytest.mark.parametrize(
+    ("killed_after", "version", "cversion", "forward"),
+    [("tagged", "12.0.6", "8.0.6", True), ("tagging", "12.0.7", "8.0.7", False)],
+)
+def test_a_master_killed_between_the_koji_tag_and_the_merge_finishes_or_undoes_it(
+    rebuild_site, hub, koji_hooks, killed_after, version, cversion, forward
+):
+    """SIGKILL right after the export recorded ``killed_after`` (tagged: tagBuild ran on the
+    hub; tagging: it was never called). On restart the change ends merged exactly once with
+    its RPM tagged exactly once (finished, or tested again and exported), and the item
+    behind it merges."""
+    site = rebuild_site
+    nvr = f"nova-{version}-1"
+    (koji_hooks / f"pause-export-after-{killed_after}").write_text("")
+    a, b = propose_pair(site, version, cversion)
+    wait_for(koji_hooks / f"paused-export-after-{killed_after}")
+    assert (nvr in hub.tagged(DEST)) is forward
+    closed = [t for t in tag_tasks(hub, nvr) if t["state"] == TASK["CLOSED"]]
+    assert len(closed) == (1 if forward else 0)
+    assert version not in merged_log(site, "nova")
+    (entry,) = [e for e in journal_entries(site) if e["key"] == f"nova~{a}" and not e["closed"]]
+    assert entry["steps"][-1] == killed_after
+
+    kill_master(site)
+    (koji_hooks / f"pause-export-after-{killed_after}").unlink()
+    site.start()
+    assert_merged_once_and_landed_once(
+        site, hub, [f"nova~{a}", f"ceilometer~{b}"], version, nvr, cversion
+    )
+    # One tagBuild task did it (the hub's history: no second task for the same build).
+    assert len([t for t in tag_tasks(hub, nvr) if t["request"][0] == dest_tag_id(hub)]) == 1
+    mine = {e["attempt"]: e for e in journal_entries(site) if e["key"] == f"nova~{a}"}
+    killed = mine[entry["attempt"]]
+    assert killed["closed"] == ("merged" if forward else "abandoned"), killed
+    if forward:
+        assert killed["steps"][-2:] == ["merging", "merged"], killed
+        assert len(mine) == 1  # finished by the recovery: no second attempt
+    else:
+        assert max(mine) > entry["attempt"] and mine[max(mine)]["closed"] == "merged"
+
+
+def test_a_tag_task_left_pending_on_the_hub_by_a_killed_master_never_lands_late(
+    rebuild_site, hub, koji_hooks
+):
+    """The master dies while its tagBuild task waits on the hub (busy builders): the
+    recovery cancels the task before it decides, so it cannot land after the decision
+    ("back": the change is tested again); the next attempt tags and merges once."""
+    site = rebuild_site
+    version, cversion = "12.0.8", "8.0.8"
+    nvr = f"nova-{version}-1"
+    hub.hold_tasks("tagBuild")
+    try:
+        a, b = propose_pair(site, version, cversion)
+        (orphan,) = wait_for_value(lambda: tag_tasks(hub, nvr), "no tagBuild task of " + nvr)
+        assert orphan["state"] == TASK["FREE"]  # held on the hub
+        (entry,) = [e for e in journal_entries(site) if e["key"] == f"nova~{a}" and not e["closed"]]
+        assert entry["steps"][-1] == "tagging"
+        kill_master(site)
+        site.start()
+        # The recovery cancelled it (it stays held until then: nothing else ends it).
+        wait_for_value(
+            lambda: [
+                t
+                for t in hub.tasks("tagBuild")
+                if t["id"] == orphan["id"] and t["state"] == TASK["CANCELED"]
+            ],
+            f"the orphaned tagBuild task {orphan['id']} was not cancelled",
+        )
+    finally:
+        hub.release_tasks("tagBuild")
+    assert_merged_once_and_landed_once(
+        site, hub, [f"nova~{a}", f"ceilometer~{b}"], version, nvr, cversion
+    )
+    states = [t["state"] for t in tag_tasks(hub, nvr)]
+    # The orphan CANCELED, the next attempt's CLOSED.
+    assert states == [TASK["CANCELED"], TASK["CLOSED"]], states
+    mine = {e["attempt"]: e for e in journal_entries(site) if e["key"] == f"nova~{a}"}
+    assert mine[entry["attempt"]]["closed"] == "abandoned"
+    assert mine[max(mine)]["closed"] == "merged" and max(mine) > entry["attempt"]
+
+
+def test_a_repository_the_killed_master_asked_for_is_not_regenerated_by_the_recovery(
+    rebuild_site, hub, koji_hooks
+):
+    """The master dies while it waits for its newRepo task after the tag: the task runs on
+    without it; the recovery finds the repository current and only completes the merge."""
+    site = rebuild_site
+    version, cversion = "12.0.9", "8.0.9"
+    nvr = f"nova-{version}-1"
+    before = {t["id"] for t in hub.tasks("newRepo")}
+    hub.hold_tasks("newRepo")
+    try:
+        a, b = propose_pair(site, version, cversion)
+        wait_for_value(lambda: nvr in hub.tagged(DEST), f"{nvr} was not tagged")
+        (orphan,) = wait_for_value(
+            lambda: [t for t in hub.tasks("newRepo") if t["id"] not in before],
+            "no newRepo task after the tag",
+        )
+        kill_master(site)
+    finally:
+        hub.release_tasks("newRepo")
+    site.start()
+    assert_merged_once_and_landed_once(
+        site, hub, [f"nova~{a}", f"ceilometer~{b}"], version, nvr, cversion
+    )
+    repos = [t for t in hub.tasks("newRepo") if t["id"] not in before]
+    # The orphan made nova's repository; the only other one is ceilometer's export's.
+    assert [t["id"] for t in repos][:1] == [orphan["id"]] and len(repos) == 2, repos
+    (entry,) = [e for e in journal_entries(site) if e["key"] == f"nova~{a}"]
+    assert entry["closed"] == "merged" and entry["steps"].count("repo-ready") == 1
+
+
+def wait_for_value(condition, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.3)

@@ -59,7 +59,7 @@ Test-side helpers (Python, not HTTP): :meth:`add_user`, :meth:`create_tag`,
 :meth:`create_target`, :meth:`fail_next` (``refused``, ``reset``, ``http500``, ``http503``,
 ``offline``, ``slow``, ``lost``), :meth:`fail_builds`, :attr:`build_delay`, :attr:`task_log`,
 :attr:`request_count`, :attr:`rpc_log`, :meth:`builds`, :meth:`tasks`, :meth:`tagged`,
-:meth:`wait_idle`, :meth:`client_cert`.
+:meth:`wait_idle`, :meth:`client_cert`, :meth:`hold_tasks` / :meth:`release_tasks`.
 """
 
 from __future__ import annotations
@@ -470,6 +470,7 @@ class KojiTestHub:
         self._repos: dict[int, dict[str, Any]] = {}
         self._faults: list[_PendingFault] = []
         self._fail_patterns: list[re.Pattern[str]] = []
+        self._held: set[str] = set()
         self._request_count = 0
         self._file_request_count = 0
         self._rpc_log: list[tuple[str, tuple[str, ...], str]] = []
@@ -648,6 +649,21 @@ class KojiTestHub:
             else:
                 self._fail_patterns.append(re.compile(pattern))
 
+    def hold_tasks(self, method: str) -> None:
+        """New and waiting tasks of ``method`` stay FREE (as on a hub whose builders are
+        busy) until :meth:`release_tasks` or their cancellation."""
+        with self._changed:
+            self._held.add(method)
+
+    def release_tasks(self, method: str | None = None) -> None:
+        """Let held tasks of ``method`` (``None``: of every method) run."""
+        with self._changed:
+            if method is None:
+                self._held.clear()
+            else:
+                self._held.discard(method)
+            self._changed.notify_all()
+
     @property
     def request_count(self) -> int:
         """XML-RPC HTTP requests received (a multiCall is one)."""
@@ -776,9 +792,7 @@ class KojiTestHub:
             self.add_user(owner)
         with self._lock:
             uid = self._user_by_name(owner)["id"]  # type: ignore[index]
-            task = _Task(
-                id=next(self._task_ids), method=method, request=list(request), owner=uid
-            )
+            task = _Task(id=next(self._task_ids), method=method, request=list(request), owner=uid)
             task.state = TASK[state]
             if task.finished:
                 task.start_ts = task.completion_ts = time.time()
@@ -1863,6 +1877,13 @@ class KojiTestHub:
 
     def _start(self, task: _Task, body: Callable[[], Any]) -> None:
         def run() -> None:
+            with self._changed:
+                while (
+                    task.method in self._held and not task.finished and not self._stopping.is_set()
+                ):
+                    self._changed.wait(0.5)
+                if task.finished:  # cancelled while held
+                    return
             with self._slots:
                 self._run_task(task, body)
 
