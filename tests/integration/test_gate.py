@@ -152,10 +152,17 @@ def merged_changes(site, project: str) -> list[str]:
     return [git(repo, "log", "-1", "--format=%s", f"{m}^2").strip() for m in merges]
 
 
-def test_shared_queue_failure_resets_the_items_behind_and_merges_in_order(make_site):
+def test_shared_queue_failure_resets_the_items_behind_and_merges_in_order(make_site, tmp_path):
     site = start_gate_site(make_site)
+    # B fails only once C's first run has started on top of it, however loaded the host.
+    go = tmp_path / "b-may-fail"
     a = propose(site, "nova", {"a.txt": "A\n"}, "A: nova change")
-    b = propose(site, "ceilometer", {"FAIL": "x\n", "DURATION": "1\n"}, "B: ceilometer change")
+    b = propose(
+        site,
+        "ceilometer",
+        {"FAIL": "x\n", "DURATION": "1\n", "WAIT_FOR": f"{go}\n"},
+        "B: ceilometer change",
+    )
     c = propose(site, "nova", {"c.txt": "C\n"}, "C: nova change")
     watcher = Watcher(site)
     watcher.start()
@@ -163,6 +170,14 @@ def test_shared_queue_failure_resets_the_items_behind_and_merges_in_order(make_s
         proc = gating(site, "approve", project, str(number))
         assert proc.returncode == 0, proc.stderr
     A, B, C = f"nova~{a}", f"ceilometer~{b}", f"nova~{c}"
+    deadline = time.monotonic() + 240
+    while not any(
+        (x["props"]["gating_change"], x["props"]["gating_attempt"]) == (C, 1)
+        for x in gate_builds(site)
+    ):
+        assert time.monotonic() < deadline, "C's first run never started"
+        time.sleep(0.5)
+    go.touch()
     finished = wait_until_finished(site, [A, B, C])
     watcher.stop.set()
     watcher.join()
