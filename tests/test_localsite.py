@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import stat
+import sys
 
 import yaml
 
+from gating import inrepo
 from gating.localsite import REPO_ROOT, LocalSite, free_port
 
 
@@ -34,6 +37,10 @@ def test_create_sets_ports_secrets_and_workers(tmp_path):
         tac = (tmp_path / "workers" / name / "buildbot.tac").read_text()
         assert f"workername = '{name}'" in tac
         assert "port = 19989" in tac
+        # The in-repo pipeline runner's Python, as on deployed workers: this one.
+        link = tmp_path / "workers" / name / inrepo.VENV_LINK
+        assert os.readlink(link) == sys.prefix
+        assert (link / inrepo.RUNNER_PYTHON).exists()
     assert (tmp_path / "master" / "state.sqlite").is_file()
     assert (tmp_path / "master" / "master.cfg").read_text() == (
         REPO_ROOT / "master.cfg"
