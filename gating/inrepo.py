@@ -3,8 +3,10 @@
 A site pipeline job ``uses: in-repo-pipeline`` (optional ``file:``, default
 ``.gating.yaml``) runs on a worker of each of its architectures. The worker checks out
 the commit under test (for the gate: the item's speculative merge, the ref every job of
-the run uses), and runs ``python3 -m gating.inrepo --file FILE --arch ARCH --nonce N``
-in the checkout. The master never reads or parses the file.
+the run uses), and runs ``BASEDIR/gating-venv/bin/python3 -P -m gating.inrepo --file FILE
+--arch ARCH --nonce N`` in the checkout (:data:`VENV_LINK`: the worker's base directory
+links to the Python environment holding buildbot-gating; the deployment makes it). The
+master never reads or parses the file.
 
 This runner:
 
@@ -24,9 +26,15 @@ This runner:
   else of the worker's environment. Nothing in the file is ever rendered or interpolated
   (``%(secret:...)s`` is just text); the job's ``timeout`` kills its process group.
 
-Its output is the job's ``stdio``: each job's lines sit between two marker lines that
-carry the build's nonce, which the master's step (:class:`LogSplitter`) turns into one log
-per job. Exit status: 0 every stage passed, 1 a job failed, 2 the file was refused.
+Its output is the job's ``stdio``: its first line names the runner (:func:`runner_line`:
+``buildbot-gating VERSION``, Python's version and the interpreter), so that the master
+tells "no runner on this worker" from a failed run and shows a version that is not its
+own; then each job's lines sit between two marker lines that carry the build's nonce,
+which the master's step (:class:`LogSplitter`) turns into one log per job. Exit status: 0
+every stage passed, 1 a job failed, 2 the file was refused. The command line (``--file``,
+``--arch``, ``--nonce``, ``--root``), the ``GATING_*`` variables, the marker lines and
+the exit statuses are the interface between a master and a runner of another version:
+they only grow compatibly.
 
 The markers are for reading only: the verdict is the exit status. A job runs as the
 worker's user and could forge a marker if it learnt the nonce (from its parent process):
@@ -53,6 +61,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from gating import __version__
 from gating import arch as archmod
 from gating.commands import PLUGIN_RUN, run_script, script_command
 from gating.diagnostics import Collector, ConfigError, Mark
@@ -85,10 +94,52 @@ LOG_NAME_RE = re.compile(r"^job [a-z0-9][a-z0-9+._-]+(?:#[0-9]{1,4})?\Z")
 
 PASSED, FAILED, REFUSED = 0, 1, 2
 
+# In a worker's base directory: a symbolic link to the Python environment (a virtualenv,
+# or a prefix such as /usr) whose bin/python3 imports this package. The master runs the
+# runner as VENV_LINK/RUNNER_PYTHON; the gating_worker role, workers/make-worker and the
+# embedded default (gating.localsite) make the link. (A link to the interpreter itself
+# would not do: Python finds its virtualenv from the path it was started as.)
+VENV_LINK = "gating-venv"
+RUNNER_PYTHON = "bin/python3"
+# -P: the runner starts in the checkout, and ``-m`` would put it first on sys.path, so a
+# repository with a ``gating/`` folder would replace the runner (and its verdict).
+RUNNER_ARGS = ("-P", "-m", "gating.inrepo")
+
 
 def log_name(job: Job, matrix: bool) -> str:
     """The name of a job's log: ``job unit``, ``job unit#1`` for matrix entries."""
     return f"job {job.name}#{job.index}" if matrix else f"job {job.name}"
+
+
+def version_text() -> str:
+    """``buildbot-gating VERSION (Python X.Y.Z, INTERPRETER)``: what ``--version`` prints."""
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    return f"buildbot-gating {__version__} (Python {python}, {sys.executable})"
+
+
+def runner_line(nonce: str) -> str:
+    """The first line of a run: the runner and its version, marked with the nonce."""
+    return f"{MARKER} {nonce} runner {version_text()}"
+
+
+def runner_version(text: str) -> str | None:
+    """The package version in a :func:`version_text`, or ``None``."""
+    match = re.match(r"buildbot-gating (\S+)", text)
+    return match.group(1) if match else None
+
+
+def link_venv(worker_basedir: Path, venv: Path) -> bool:
+    """Make (or repoint) ``worker_basedir/VENV_LINK`` to ``venv``; ``True`` if it changed."""
+    link = worker_basedir / VENV_LINK
+    target = str(venv)
+    if link.is_symlink() and os.readlink(link) == target:
+        return False
+    tmp = worker_basedir / f".{VENV_LINK}.new"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(target, target_is_directory=True)
+    tmp.replace(link)
+    return True
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -264,10 +315,21 @@ def run_pipeline(
     return PASSED
 
 
+class _Version(argparse.Action):
+    """``--version``: :func:`version_text` on one line (argparse's own would wrap it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text(), flush=True)
+        parser.exit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m gating.inrepo",
+        prog="python3 -P -m gating.inrepo",
         description="Run a repository's own (untrusted) pipeline file on this worker.",
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the runner's version and exit"
     )
     parser.add_argument("--file", default=IN_REPO_DEFAULT_FILE)
     parser.add_argument("--arch", required=True)
@@ -276,8 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Output(sys.stdout.buffer)
     arch = archmod.canonical(args.arch)
-    if arch is None or not NONCE_RE.match(args.nonce):
-        out.line(f"error: bad --arch {args.arch!r} or --nonce")
+    if not NONCE_RE.match(args.nonce):
+        out.line("error: bad --nonce")
+        return REFUSED
+    out.line(runner_line(args.nonce))
+    if arch is None:
+        out.line(f"error: bad --arch {args.arch!r}")
         return REFUSED
     root = Path(args.root)
     out.line(f"loading {args.file} (untrusted) from the commit under test, for {arch}")
@@ -306,6 +372,10 @@ class LogSplitter:
     def __init__(self, nonce: str, max_bytes: int = 4 << 20, max_logs: int = 200) -> None:
         self.begin = f"{MARKER} {nonce} begin "
         self.end = f"{MARKER} {nonce} end "
+        self.runner_prefix = f"{MARKER} {nonce} runner "
+        # The runner's :func:`version_text`, from its first line (before any job ran).
+        self.runner: str | None = None
+        self.started = False
         self.max_bytes = max_bytes
         self.max_logs = max_logs
         self.current: str | None = None
@@ -314,7 +384,12 @@ class LogSplitter:
         self.cut: set[str] = set()
 
     def feed(self, line: str) -> None:
+        if line.startswith(self.runner_prefix):
+            if self.runner is None and not self.started:
+                self.runner = line[len(self.runner_prefix) :].strip()[:300]
+            return
         if line.startswith(self.begin):
+            self.started = True
             name = line[len(self.begin) :].rstrip("\r\n")
             if LOG_NAME_RE.match(name) and (name in self.logs or len(self.logs) < self.max_logs):
                 self.current = name

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from gating.inrepo import link_venv
 from gating.site import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,11 @@ class LocalSite:
                     set_tac_password(tac.read_text(), secret.read_text().strip()),
                     encoding="utf-8",
                 )
+            if self.runs_worker(w.name):
+                # The in-repo pipeline runner's Python (gating.inrepojob runs
+                # WORKER/gating-venv/bin/python3 -P -m gating.inrepo): this one, as a deployed
+                # worker's is its virtualenv's.
+                link_venv(wdir, Path(sys.prefix))
         run_checked([_bin("buildbot"), "upgrade-master", str(self.master_dir)], env=self.env())
 
     # -- processes ----------------------------------------------------------------

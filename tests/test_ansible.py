@@ -6,6 +6,7 @@ The deployment itself is tests/integration/test_ansible_deploy.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gating import arch
+import gating
+from gating import arch, inrepo, inrepojob
 
 REPO = Path(__file__).resolve().parent.parent
 ANSIBLE = REPO / "ansible"
@@ -243,6 +245,224 @@ def test_make_worker_checks_its_options(tmp_path, args, message):
     proc = make_worker(tmp_path, *args)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+# -- the in-repo pipeline runner on deployed workers -----------------------------------------
+
+
+def test_worker_role_links_its_virtualenv_where_the_master_runs_the_runner():
+    role = ANSIBLE / "roles/gating_worker"
+    role_vars = yaml.safe_load((role / "vars/main.yml").read_text())
+    assert role_vars["gating_worker_runner_link"] == (
+        "{{ gating_worker_basedir }}/" + inrepo.VENV_LINK
+    )
+    # The command gating.inrepojob gives the worker (runner_python + RUNNER_ARGS).
+    assert role_vars["gating_worker_runner_command"] == [
+        "{{ gating_worker_runner_link }}/" + inrepo.RUNNER_PYTHON,
+        *inrepo.RUNNER_ARGS,
+    ]
+    assert inrepojob.runner_python("/B") == f"/B/{inrepo.VENV_LINK}/{inrepo.RUNNER_PYTHON}"
+    tasks = {t["name"]: t for t in yaml.safe_load((role / "tasks/main.yml").read_text())}
+    (link,) = [t["ansible.builtin.file"] for t in tasks.values() if "ansible.builtin.file" in t
+               and t["ansible.builtin.file"].get("state") == "link"]  # fmt: skip
+    assert link["src"] == "{{ gating_worker_venv }}"
+    assert link["dest"] == "{{ gating_worker_runner_link }}"
+    (check,) = [
+        t
+        for t in tasks.values()
+        if "gating_worker_runner_command" in t.get("ansible.builtin.command", {}).get("argv", "")
+    ]
+    assert "'--version'" in check["ansible.builtin.command"]["argv"]
+    assert "gating_worker_as_user" in check["ansible.builtin.command"]["argv"]
+    (refuse,) = [t for t in tasks.values() if "gating_worker_runner.rc == 0" in str(t)]
+    assert "has no gating runner" in refuse["ansible.builtin.assert"]["fail_msg"]
+    # The link and the check come after the worker's folder exists, before it starts.
+    names = list(tasks)
+    assert names.index("Create the worker's folder") < names.index(
+        next(n for n, t in tasks.items() if "ansible.builtin.file" in t and "runner" in n)
+    )
+    assert names.index(next(n for n, t in tasks.items() if t is refuse)) < names.index(
+        "Apply the changed settings"
+    )
+
+
+def test_worker_role_installs_buildbot_gating_without_restarting_the_worker():
+    install = yaml.safe_load((ANSIBLE / "roles/gating_worker/tasks/install.yml").read_text())
+    (block,) = [t for t in install if "block" in t]
+    pips = {t["name"]: t for t in block["block"] if "ansible.builtin.pip" in t}
+    (gating_pip,) = [t for n, t in pips.items() if "buildbot-gating" in n]
+    assert gating_pip["ansible.builtin.pip"]["name"] == "{{ gating_worker_package_spec }}"
+    assert gating_pip["ansible.builtin.pip"]["virtualenv"] == "{{ gating_worker_venv }}"
+    assert "notify" not in gating_pip  # the worker process never imports it
+    (worker_pip,) = [t for n, t in pips.items() if "buildbot-gating" not in n]
+    assert worker_pip["notify"] == "Restart the gating worker"
+
+
+@needs_ansible
+def test_worker_role_installs_the_package_its_master_installs(tmp_path):
+    """The role's defaults, templated by Ansible for real: a worker installs its master's
+    gating_master_package_file (copied to PREFIX/dist/), else gating_master_package, else
+    the checkout the playbook is in, like the master role."""
+    role = ANSIBLE / "roles/gating_worker"
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "gating_prefix": "/p",
+            },
+            "children": {
+                "gating_masters": {
+                    "hosts": {
+                        "m1": {
+                            "gating_master_package_file": "dist/buildbot_gating-9-py3-none-any.whl"
+                        },
+                        "m2": {"gating_master_package": "buildbot-gating==9"},
+                        "m3": {},
+                    }
+                },
+                "gating_workers": {"hosts": {"w1": {}, "w2": {}, "w3": {}}},
+            },
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    play = [
+        {
+            "hosts": "gating_workers",
+            "gather_facts": False,
+            "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
+            "tasks": [
+                {
+                    "ansible.builtin.debug": {
+                        "msg": "SPEC {{ inventory_hostname }} {{ gating_worker_master }} "
+                        "[{{ gating_worker_package_spec }}]"
+                    }
+                }
+            ],
+        }
+    ]
+    # A playbook outside the repository: the last default is its folder's parent.
+    playbook = tmp_path / "ansible" / "play.yml"
+    playbook.parent.mkdir()
+    playbook.write_text(yaml.safe_dump(play))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), str(playbook)],
+        cwd=tmp_path,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    specs = {
+        worker: (master, spec)
+        for worker, master, spec in re.findall(r'"SPEC (\S+) (\S+) \[([^\]]*)\]"', proc.stdout)
+    }
+    assert specs == {
+        "w1": ("m1", "/p/dist/buildbot_gating-9-py3-none-any.whl"),
+        "w2": ("m2", "buildbot-gating==9"),
+        "w3": ("m3", str(tmp_path)),
+    }, proc.stdout
+
+
+def _no_pythonpath() -> dict[str, str]:
+    """The environment without PYTHONPATH: what a virtualenv imports is its own."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def test_make_worker_refuses_a_virtualenv_without_buildbot_gating(tmp_path):
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    password = tmp_path / "pw"
+    password.write_text("secret\n")
+    proc = subprocess.run(
+        [
+            str(MAKE_WORKER),
+            "--master",
+            "127.0.0.1:9989",
+            "--name",
+            "w1",
+            "--arch",
+            os.uname().machine,
+            "--password-file",
+            str(password),
+            "--prefix",
+            str(tmp_path / "p"),
+            "--venv",
+            str(venv),
+            "--no-start",
+            "--no-systemd",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_no_pythonpath(),
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{venv} has no buildbot-gating (the in-repo pipeline runner;" in proc.stderr
+    assert "No module named 'gating'" in proc.stderr
+    assert not (tmp_path / "p" / "workers").exists()
+
+
+def test_make_worker_outside_a_repository_asks_for_the_package(tmp_path):
+    copy = tmp_path / "bin" / "make-worker"
+    copy.parent.mkdir()
+    copy.write_bytes(MAKE_WORKER.read_bytes())
+    copy.chmod(0o755)
+    password = tmp_path / "pw"
+    password.write_text("secret\n")
+    proc = subprocess.run(
+        [
+            str(copy),
+            "--master",
+            "127.0.0.1:9989",
+            "--name",
+            "w1",
+            "--arch",
+            os.uname().machine,
+            "--password-file",
+            str(password),
+            "--prefix",
+            str(tmp_path / "p"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"no buildbot-gating package in {tmp_path}: give --package" in proc.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_make_worker_links_the_virtualenv_and_runs_the_runner(tmp_path):
+    password = tmp_path / "pw"
+    password.write_text("secret\n")
+    prefix = tmp_path / "p"
+    args = [
+        str(MAKE_WORKER),
+        "--master", "127.0.0.1:9989", "--name", "w1", "--arch", os.uname().machine,
+        "--password-file", str(password), "--prefix", str(prefix),
+        "--venv", str(VENV_BIN.parent), "--no-start", "--no-systemd",
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    link = prefix / "workers" / "w1" / inrepo.VENV_LINK
+    assert os.readlink(link) == str(VENV_BIN.parent)
+    python = link / inrepo.RUNNER_PYTHON
+    assert (
+        f"make-worker: in-repo pipeline runner: {python} -P -m gating.inrepo "
+        f"(buildbot-gating {gating.__version__} (Python "
+    ) in proc.stdout
+    # The master's command for this worker runs.
+    cmd = [inrepojob.runner_python(str(prefix / "workers" / "w1")), *inrepo.RUNNER_ARGS]
+    ran = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.startswith(f"buildbot-gating {gating.__version__}")
+    # Again: the link stays.
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert os.readlink(link) == str(VENV_BIN.parent)
 
 
 def run_web_check(tmp_path: Path, variables: dict) -> subprocess.CompletedProcess:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+import gating
 from gating import inrepo
 from gating.diagnostics import ConfigError
 from gating.yamltree import MAX_FILE_BYTES
@@ -359,6 +362,114 @@ def test_bad_arguments_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(inrepo.sys, "stdout", Stdout)
     assert inrepo.main(["--arch", "vax", "--nonce", NONCE, "--root", str(root)]) == 2
     assert inrepo.main(["--arch", "x86_64", "--nonce", "x; rm", "--root", str(root)]) == 2
+
+
+# -- the runner's version and interpreter ------------------------------------------------------
+
+
+def test_the_first_line_of_a_run_names_the_runner_and_its_version(tmp_path, monkeypatch):
+    root = checkout(tmp_path, "pipeline: [a1]\njobs:\n  a1: {architectures: x86_64, run: 'true'}\n")
+    status, output = run(root, monkeypatch=monkeypatch)
+    assert status == inrepo.PASSED
+    first = output.splitlines()[0]
+    assert first == inrepo.runner_line(NONCE)
+    assert first.startswith(f"{inrepo.MARKER} {NONCE} runner buildbot-gating {gating.__version__} ")
+    assert sys.executable in first
+    splitter = inrepo.LogSplitter(NONCE)
+    for line in output.splitlines():
+        splitter.feed(line)
+    assert splitter.runner == inrepo.version_text()
+    assert inrepo.runner_version(splitter.runner) == gating.__version__
+    # A refused file names the runner too (the master tells it from a missing runner).
+    (tmp_path / "bad").mkdir()
+    bad = checkout(tmp_path / "bad", "trigger: gate\npipeline: [a1]\njobs:\n  a1: {run: 'true'}\n")
+    status, output = run(bad, monkeypatch=monkeypatch)
+    assert status == inrepo.REFUSED
+    assert output.splitlines()[0] == inrepo.runner_line(NONCE)
+
+
+def test_a_runner_line_printed_by_a_job_is_not_the_runners():
+    splitter = inrepo.LogSplitter(NONCE)
+    splitter.feed(f"{inrepo.MARKER} {NONCE} begin job a1")
+    splitter.feed(f"{inrepo.MARKER} {NONCE} runner buildbot-gating 9.9.9 (forged)")
+    assert splitter.runner is None
+    splitter = inrepo.LogSplitter(NONCE)
+    splitter.feed(f"{inrepo.MARKER} {NONCE} runner buildbot-gating 0.0.1 (Python 3.11.0, /x)")
+    splitter.feed(f"{inrepo.MARKER} {NONCE} runner buildbot-gating 9.9.9 (second)")
+    assert splitter.runner == "buildbot-gating 0.0.1 (Python 3.11.0, /x)"
+    assert inrepo.runner_version(splitter.runner) == "0.0.1"
+    assert inrepo.runner_version("something else") is None
+
+
+def test_the_venv_link_runs_the_runner_with_that_environment(tmp_path):
+    """``WORKER/gating-venv`` links to a Python environment; its bin/python3 is that
+    environment's interpreter (a link to the interpreter itself would lose the virtualenv)."""
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    assert inrepo.link_venv(worker, Path(sys.prefix))
+    assert not inrepo.link_venv(worker, Path(sys.prefix))
+    link = worker / inrepo.VENV_LINK
+    assert os.readlink(link) == sys.prefix
+    python = link / inrepo.RUNNER_PYTHON
+    env = {**os.environ, "PYTHONPATH": str(Path(gating.__file__).parent.parent)}
+    proc = subprocess.run(
+        [str(python), *inrepo.RUNNER_ARGS, "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"buildbot-gating {gating.__version__} (Python ")
+    assert f", {python})" in proc.stdout
+    probe = subprocess.run(
+        [str(python), "-c", "import sys; print(sys.prefix)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert probe.stdout.strip() == str(link)  # that environment, seen through the link
+    # Repointed when the environment moves.
+    other = tmp_path / "other-venv"
+    other.mkdir()
+    assert inrepo.link_venv(worker, other)
+    assert os.readlink(link) == str(other)
+    assert [p.name for p in worker.iterdir()] == [inrepo.VENV_LINK]
+
+
+def test_a_gating_folder_in_the_checkout_does_not_replace_the_runner(tmp_path):
+    """The runner starts in the checkout: ``-P`` keeps the repository's own ``gating/``
+    (which could print the runner's line and exit 0 whatever its jobs do) off sys.path."""
+    root = checkout(
+        tmp_path,
+        "pipeline: [a1]\njobs:\n  a1: {architectures: x86_64, run: 'exit 3'}\n",
+    )
+    (root / "gating").mkdir()
+    (root / "gating" / "__init__.py").write_text("")
+    (root / "gating" / "inrepo.py").write_text(
+        f"print('{inrepo.MARKER} {NONCE} runner buildbot-gating 9 (forged)')\nprint('forged')\n"
+    )
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    inrepo.link_venv(worker, Path(sys.prefix))
+    python = worker / inrepo.VENV_LINK / inrepo.RUNNER_PYTHON
+    proc = subprocess.run(
+        [str(python), *inrepo.RUNNER_ARGS, "--arch", "x86_64", "--nonce", NONCE, "--root", "."],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(gating.__file__).parent.parent)},
+        cwd=root,
+        timeout=120,
+        check=False,
+    )
+    assert "forged" not in proc.stdout, proc.stdout
+    assert proc.returncode == inrepo.FAILED, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0].startswith(f"{inrepo.MARKER} {NONCE} runner buildbot-gating")
+    assert "job a1: failed (exit 3)" in proc.stdout
 
 
 # -- the master's side: one log per job -------------------------------------------------------

@@ -4,6 +4,7 @@ repository's own file in the gate, is tests/integration/test_inrepo_pipeline.py.
 
 from __future__ import annotations
 
+import ntpath
 import textwrap
 import uuid
 from pathlib import Path
@@ -16,15 +17,19 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 import gating.inrepojob
-from gating import inrepo
+from gating import __version__, inrepo
 from gating.diagnostics import Collector
-from gating.inrepojob import RUNNER, runner_command
+from gating.inrepojob import runner_command, runner_python
 from gating.master import job_factory, to_buildbot
 from gating.pipeline import parse_pipeline
 from gating.site import load_config
 from tests.test_steps import silence_deprecations
 
 NONCE = "00112233445566778899aabbccddeeff"
+# Buildbot's fake worker's base directory is /wrk: the runner's interpreter there.
+PYTHON = "/wrk/gating-venv/bin/python3"
+RUNNER = f"buildbot-gating {__version__} (Python 3.11.7, /srv/venv/bin/python3)"
+RUNNER_LINE = f"{inrepo.MARKER} {NONCE} runner {RUNNER}\n"
 SITE = """\
 trigger: gate
 pipeline: [own]
@@ -40,9 +45,19 @@ def site_pipeline(text: str = SITE):
     return pipeline
 
 
+def test_the_runner_is_the_python3_of_the_workers_gating_venv_link():
+    assert runner_python("/srv/gating/workers/w1") == (
+        "/srv/gating/workers/w1/gating-venv/bin/python3"
+    )
+    assert runner_python("C:\\w1", ntpath.join) == "C:\\w1\\gating-venv\\bin\\python3"
+
+
 def test_the_runner_command_names_only_the_checked_file_the_arch_and_the_nonce():
-    assert runner_command("ci/gate.yaml", "x86_64", NONCE) == [
-        *RUNNER,
+    assert runner_command(PYTHON, "ci/gate.yaml", "x86_64", NONCE) == [
+        "/wrk/gating-venv/bin/python3",
+        "-P",
+        "-m",
+        "gating.inrepo",
         "--file",
         "ci/gate.yaml",
         "--arch",
@@ -54,7 +69,7 @@ def test_the_runner_command_names_only_the_checked_file_the_arch_and_the_nonce()
     ]
     for bad in ("../x", "-rf", "/etc/passwd"):
         with pytest.raises(ValueError):
-            runner_command(bad, "x86_64", NONCE)
+            runner_command(PYTHON, bad, "x86_64", NONCE)
 
 
 class InRepoStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
@@ -103,7 +118,7 @@ class InRepoStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_commands(
             ExpectShell(
                 workdir="wkdir",
-                command=runner_command("ci/gate.yaml", "x86_64", NONCE),
+                command=runner_command(PYTHON, "ci/gate.yaml", "x86_64", NONCE),
                 env=self.expected_env(),
                 timeout=900,
                 max_time=900,
@@ -117,20 +132,25 @@ class InRepoStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.step()
         begin, end = f"{inrepo.MARKER} {NONCE} begin", f"{inrepo.MARKER} {NONCE} end"
         self.expect_runner(
-            f"stage 1 of 1 on x86_64: unit[0], lint[0]\n{begin} job unit\nunit ok\n"
+            f"{RUNNER_LINE}stage 1 of 1 on x86_64: unit[0], lint[0]\n{begin} job unit\nunit ok\n"
             f"{end} job unit: passed\n{begin} job lint\nlint ok\n{end} job lint: passed\n",
             0,
         )
         self.expect_outcome(result=SUCCESS, state_string="ci/gate.yaml: every stage passed")
         self.expect_log_file("job unit", "unit ok\n")
         self.expect_log_file("job lint", "lint ok\n")
+        self.expect_property("gating_runner", RUNNER)
         yield self.run_step_now()
+        self.assertNotIn("runner version", self.get_nth_step(0).logs)
+        self.assertNotIn("no gating runner", self.get_nth_step(0).logs)
 
     @defer.inlineCallbacks
     def test_a_refused_file_fails_the_job(self):
         self.step()
         self.expect_runner(
-            "ci/gate.yaml:1:1: 'trigger': a pipeline file from a repository cannot say\n", 2
+            f"{RUNNER_LINE}ci/gate.yaml:1:1: 'trigger': a pipeline file from a repository "
+            "cannot say\n",
+            2,
         )
         self.expect_outcome(
             result=FAILURE, state_string="ci/gate.yaml refused (see stdio) (failure)"
@@ -140,8 +160,86 @@ class InRepoStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_failed_job_fails_the_job(self):
         self.step()
-        self.expect_runner("job unit: failed (exit 1)\n", 1)
+        self.expect_runner(f"{RUNNER_LINE}job unit: failed (exit 1)\n", 1)
         self.expect_outcome(result=FAILURE, state_string="ci/gate.yaml: a job failed (failure)")
+        yield self.run_step_now()
+
+    @defer.inlineCallbacks
+    def test_a_worker_without_the_package_fails_the_job_saying_how_to_deploy_it(self):
+        # The worker's gating-venv has no buildbot-gating: Python's own error, with status 1
+        # (a failed job's status too), and no runner line.
+        self.step()
+        self.expect_runner(
+            "/wrk/gating-venv/bin/python3: Error while finding module specification for "
+            "'gating.inrepo' (ModuleNotFoundError: No module named 'gating')\n",
+            1,
+        )
+        self.expect_outcome(
+            result=FAILURE, state_string="worker test has no gating runner (failure)"
+        )
+        self.expect_log_file(
+            "no gating runner",
+            f"worker test has no gating runner: {PYTHON} -P -m gating.inrepo did not start (exit "
+            "status 1; what it printed is in stdio).\nA worker that runs in-repo pipeline jobs "
+            f"needs buildbot-gating (this master runs {__version__}) next to buildbot-worker, "
+            "its Python environment linked as WORKER_BASEDIR/gating-venv: deploy it with the "
+            "gating_worker role (ansible/site.yml) or workers/make-worker (README, "
+            '"Deploying").\n',
+        )
+        yield self.run_step_now()
+        self.assertNotIn("gating_runner", self.build.properties)
+
+    @defer.inlineCallbacks
+    def test_a_worker_without_the_interpreter_fails_the_job_saying_how_to_deploy_it(self):
+        # No gating-venv link: the worker cannot start the command (Twisted's child says
+        # so on stderr).
+        self.step()
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=runner_command(PYTHON, "ci/gate.yaml", "x86_64", NONCE),
+                env=self.expected_env(),
+                timeout=900,
+                max_time=900,
+            )
+            .stderr(f"Upon execvpe {PYTHON}: No such file or directory\n")
+            .exit(1)
+        )
+        self.expect_outcome(
+            result=FAILURE, state_string="worker test has no gating runner (failure)"
+        )
+        yield self.run_step_now()
+
+    @defer.inlineCallbacks
+    def test_a_runner_of_another_version_runs_and_the_step_says_so(self):
+        self.step()
+        other = "buildbot-gating 0.0.9 (Python 3.11.2, /o/p)"
+        begin, end = f"{inrepo.MARKER} {NONCE} begin", f"{inrepo.MARKER} {NONCE} end"
+        self.expect_runner(
+            f"{inrepo.MARKER} {NONCE} runner {other}\n{begin} job unit\nunit ok\n"
+            f"{end} job unit: passed\n",
+            0,
+        )
+        self.expect_outcome(result=SUCCESS, state_string="ci/gate.yaml: every stage passed")
+        self.expect_log_file("job unit", "unit ok\n")
+        self.expect_property("gating_runner", other)
+        self.expect_log_file(
+            "runner version",
+            f"the worker's runner is {other}; this master is buildbot-gating {__version__}.\n"
+            "The run went on (the runner's command line, variables, markers and exit statuses "
+            "are compatible between versions), but the worker should be deployed again with "
+            "the master's package.\n",
+        )
+        yield self.run_step_now()
+
+    @defer.inlineCallbacks
+    def test_a_runner_line_only_a_job_printed_is_no_runner(self):
+        self.step()
+        begin = f"{inrepo.MARKER} {NONCE} begin"
+        self.expect_runner(f"{begin} job unit\n{RUNNER_LINE}", 0)
+        self.expect_outcome(
+            result=FAILURE, state_string="worker test has no gating runner (failure)"
+        )
         yield self.run_step_now()
 
 

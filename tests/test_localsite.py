@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import stat
+import sys
 
 import pytest
 import yaml
 
-from gating import localsite
+from gating import inrepo, localsite
 from gating.localsite import (
     REPO_ROOT,
     TAC_PASSWORD_PLACEHOLDER,
@@ -44,6 +46,10 @@ def test_create_sets_ports_secrets_and_workers(tmp_path):
         assert "port = 19989" in tac
         assert f"passwd = {secret.read_text()!r}" in tac
         assert TAC_PASSWORD_PLACEHOLDER not in tac
+        # The in-repo pipeline runner's Python, as on deployed workers: this one.
+        link = tmp_path / "workers" / name / inrepo.VENV_LINK
+        assert os.readlink(link) == sys.prefix
+        assert (link / inrepo.RUNNER_PYTHON).exists()
     assert (tmp_path / "master" / "state.sqlite").is_file()
     assert (tmp_path / "master" / "master.cfg").read_text() == (
         REPO_ROOT / "master.cfg"

@@ -3,7 +3,10 @@ into a throw-away prefix: PostgreSQL (its own cluster, run by the ``postgres`` u
 master on it and two workers, with no systemd as PID 1, so the roles use gating-supervise.
 A third worker is made by ``workers/make-worker``, as on a host Ansible does not manage.
 
-Checked: the deployed UI answers and a pipeline runs on the deployed workers; gating-supervise
+Checked: the deployed UI answers and a pipeline runs on the deployed workers; each worker
+(the role's and make-worker's) has the in-repo pipeline runner the master runs,
+``WORKER/gating-venv/bin/python3 -P -m gating.inrepo``, and it runs a repository's file
+there (the gate around it is tests/integration/test_inrepo_pipeline.py); gating-supervise
 restarts a killed worker; a second run changes nothing (PLAY RECAP); a broken configuration
 pushed by the playbook is refused by ``buildbot checkconfig`` while the running master keeps
 serving the old one; a good one is installed and reconfigured only after the running
@@ -34,6 +37,8 @@ from typing import Any
 import pytest
 import yaml
 
+from gating import __version__, inrepo
+from gating.inrepojob import runner_command, runner_python
 from gating.localsite import free_port
 from tests.integration.conftest import SUCCESS
 
@@ -492,6 +497,50 @@ def test_pipeline_runs_on_the_deployed_workers_and_a_make_worker_worker(deployed
         assert build["results"] == SUCCESS
         ran_on[job] = workers[build["workerid"]]
     assert ran_on == {"on-worker-1": "worker-1", "on-worker-2": "worker-2", "on-extra": "extra-1"}
+
+
+IN_REPO_FILE = """\
+pipeline: [unit]
+jobs:
+  unit:
+    architectures: [x86_64]
+    run: echo "unit ran on $GATING_ARCH"
+"""
+
+
+def test_every_worker_runs_the_in_repo_pipeline_runner_the_master_runs(deployed, tmp_path):
+    # The role checked it and said so.
+    log = deployed.log.read_text()
+    for name in ("worker-1", "worker-2"):
+        python = deployed.prefix / "workers" / name / inrepo.VENV_LINK / inrepo.RUNNER_PYTHON
+        assert re.search(
+            rf"in-repo pipeline runner: buildbot-gating {re.escape(__version__)} "
+            rf"\(Python [0-9.]+, {re.escape(str(python))}\)",
+            log,
+        ), name
+    checkout = tmp_path / "build"
+    checkout.mkdir()
+    (checkout / ".gating.yaml").write_text(IN_REPO_FILE)
+    nonce = "0123456789abcdef0123456789abcdef"
+    for name in ("worker-1", "worker-2", "extra-1"):  # extra-1: made by workers/make-worker
+        basedir = deployed.prefix / "workers" / name
+        link = basedir / inrepo.VENV_LINK
+        assert link.is_symlink() and Path(os.readlink(link)) == VENV_BIN.parent, name
+        # The very command the master gives this worker, in a checkout.
+        command = runner_command(runner_python(str(basedir)), ".gating.yaml", "x86_64", nonce)
+        proc = subprocess.run(
+            command,
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "GATING_ARCH": "x86_64"},
+        )
+        assert proc.returncode == inrepo.PASSED, proc.stdout + proc.stderr
+        first = proc.stdout.splitlines()[0]
+        assert first.startswith(f"{inrepo.MARKER} {nonce} runner buildbot-gating {__version__} ")
+        assert f", {link}/{inrepo.RUNNER_PYTHON})" in first
+        assert "unit ran on x86_64" in proc.stdout
 
 
 def test_gating_supervise_restarts_a_dead_worker(deployed):

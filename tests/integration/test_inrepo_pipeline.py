@@ -9,12 +9,14 @@ the change is not merged and nothing is exported; a job gets none of the site's 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from gating import __version__, inrepo
 from gating.localbackend import LocalBackend
 from tests.integration.conftest import FAILURE, SUCCESS
 from tests.integration.test_gate import gating, git, propose, queue_json
@@ -172,7 +174,9 @@ def step_logs(site, buildid: int, step: str = "in-repo-pipeline") -> dict[str, s
     for log in site.api(f"steps/{stepid}/logs")["logs"]:
         chunks = site.api(f"logs/{log['logid']}/contents")["logchunks"]
         lines = "".join(c["content"] for c in chunks).splitlines()
-        out[log["name"]] = "\n".join(line[1:] for line in lines)
+        if log["type"] == "s":  # a stream log: each line starts with its stream's letter
+            lines = [line[1:] for line in lines]
+        out[log["name"]] = "\n".join(lines)
     return out
 
 
@@ -217,6 +221,12 @@ def test_a_change_to_the_in_repo_file_is_tested_with_its_own_version_on_top_of_t
     assert "a.txt holds: from A" in logs["job lint"]
     assert f"unit ran for {B}" in logs["job unit"]
     assert "unit ran" not in logs["job lint"]
+    # The runner is the worker's own buildbot-gating, and says which.
+    runner = build_b["props"]["gating_runner"]
+    assert runner.startswith(f"buildbot-gating {__version__} (Python "), runner
+    (line,) = [x for x in logs["stdio"].splitlines() if x.startswith(f"{inrepo.MARKER} ")][:1]
+    assert line.endswith(f" runner {runner}"), line  # the runner's first line
+    assert "runner version" not in logs and "no gating runner" not in logs
     # A was tested with the file of main, which has no lint job.
     (build_a,) = [b for b in in_repo_builds(site, A) if b["results"] == SUCCESS]
     logs_a = step_logs(site, build_a["buildid"])
@@ -303,3 +313,43 @@ def test_an_in_repo_job_gets_none_of_the_sites_secrets(site):
         scanner.scan_bytes(text.encode(), f"in-repo build {build['buildid']} log {name}")
     assert scanner.report.clean, scanner.report.message("the in-repo job's logs")
     print(f"in-repo secrets test: {time.monotonic() - started:.1f}s")
+
+
+def test_a_worker_without_the_gating_runner_fails_the_job_saying_how_to_deploy_it(site):
+    """The runner is each worker's own (WORKER/gating-venv/bin/python3), never the python3
+    of the worker's PATH: without the link, the job fails and says how to deploy it."""
+    started = time.monotonic()
+    workers = ["inrepo-x86-1", "inrepo-x86-2"]  # sites/inrepo/workers.yaml
+    links = [site.worker_dir(name) / inrepo.VENV_LINK for name in workers]
+    targets = [Path(os.readlink(link)) for link in links]
+    for link in links:
+        link.unlink()
+    try:
+        f = propose(site, "nova", {"b.txt": "from F\n"}, "F: on workers without a runner")
+        approve(site, f)
+        F = f"nova~{f}"
+        finished = wait_finished(site, [F])
+    finally:
+        for link, target in zip(links, targets, strict=True):
+            inrepo.link_venv(link.parent, target)
+    assert finished[F]["state"] == "dequeued", finished[F]
+    (build,) = in_repo_builds(site, F)
+    assert build["results"] == FAILURE
+    steps = site.api(f"builds/{build['buildid']}/steps")["steps"]
+    (step,) = [s for s in steps if s["name"] == "in-repo-pipeline"]
+    worker = next(
+        w["name"] for w in site.api("workers")["workers"] if w["workerid"] == build["workerid"]
+    )
+    assert step["state_string"] == f"worker {worker} has no gating runner (failure)", step
+    logs = step_logs(site, build["buildid"])
+    python = f"{site.worker_dir(worker)}/{inrepo.VENV_LINK}/{inrepo.RUNNER_PYTHON}"
+    assert logs["no gating runner"].startswith(
+        f"worker {worker} has no gating runner: {python} -P -m gating.inrepo did not start"
+    ), logs["no gating runner"]
+    assert "deploy it with the gating_worker role" in logs["no gating runner"]
+    assert "No such file or directory" in logs["stdio"], logs["stdio"]
+    assert "gating_runner" not in build["props"]
+    assert git(
+        site.master_dir / "git" / "nova.git", "log", "-1", "--format=%s", "main"
+    ).strip() != ("F: on workers without a runner")
+    print(f"in-repo no-runner test: {time.monotonic() - started:.1f}s")
