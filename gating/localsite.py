@@ -173,8 +173,10 @@ class LocalSite:
     # `buildbot reconfig` and `buildbot stop` work on them.
 
     def start(self, timeout: float = 90) -> None:
+        # `buildbot start` gives up after 10 s by default (and leaves the master running),
+        # less than a master needs to start on a loaded machine: it waits ``timeout``.
         proc = subprocess.run(
-            [_bin("buildbot"), "start", str(self.master_dir)],
+            [_bin("buildbot"), "start", f"--start_timeout={timeout:g}", str(self.master_dir)],
             env=self.env(),
             capture_output=True,
             text=True,
