@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,27 @@ def make_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             path.write_text(value + "\n")
             path.chmod(0o600)
         site.create()
+        # Stopped at the module's end even if it fails to start (a master that took too
+        # long to answer, or its workers, would be left running otherwise).
+        started.append(site)
         if start:
             site.start()
-        started.append(site)
         return site
 
     yield make
-    for site in started:
-        site.stop()
+    stop_all(started)
+
+
+def stop_all(sites: list[Site]) -> None:
+    """Stop the sites at once: each waits for its daemons to exit (seconds each, a minute or
+    two for a module's half-dozen sites in a row). All are stopped even if one fails; its
+    error is raised then."""
+    if not sites:
+        return
+    with ThreadPoolExecutor(max_workers=len(sites), thread_name_prefix="site-stop") as pool:
+        futures = [pool.submit(site.stop) for site in sites]
+    for future in futures:
+        future.result()
 
 
 @pytest.fixture(scope="module")
