@@ -123,9 +123,29 @@ def dest_history(hub: KojiTestHub) -> list[tuple[int, str, str]]:
     return [(e.event_id, e.action, e.nvr) for e in events]
 
 
-def test_exports_land_in_gate_order_from_koji_tag_history(rebuild_site, hub):
+def release_after_packstack(site, change: str, marker: Path, timeout: float = 300) -> None:
+    """Create ``marker`` (a job's ``WAIT_FOR``) once ``change``'s packstack run completed:
+    the order the test needs, however loaded the host."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for build in site.builds_of("packstack/packstack/x86_64"):
+            props = site.properties(build["buildid"])
+            if props.get("gating_change") == change and build["complete"]:
+                marker.touch()
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{change}'s packstack never completed")
+
+
+def test_exports_land_in_gate_order_from_koji_tag_history(rebuild_site, hub, tmp_path):
     site = rebuild_site
-    a = propose(site, "nova", {"nova.spec": spec("nova", "12.0.1"), "DURATION": "8"}, "nova 12.0.1")
+    go = tmp_path / "b-tested"  # A's tests go on until B's are done
+    a = propose(
+        site,
+        "nova",
+        {"nova.spec": spec("nova", "12.0.1"), "DURATION": "8", "WAIT_FOR": f"{go}\n"},
+        "nova 12.0.1",
+    )
     b = propose(
         site,
         "ceilometer",
@@ -134,6 +154,7 @@ def test_exports_land_in_gate_order_from_koji_tag_history(rebuild_site, hub):
     )
     approve(site, "nova", a)
     approve(site, "ceilometer", b)
+    release_after_packstack(site, f"ceilometer~{b}", go)
     done = wait_finished(site, [f"nova~{a}", f"ceilometer~{b}"])
     assert [done[k]["state"] for k in (f"nova~{a}", f"ceilometer~{b}")] == [
         "merged",

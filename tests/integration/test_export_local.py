@@ -149,9 +149,32 @@ def main_log(site, project: str) -> str:
     return git(site.master_dir / "git" / f"{project}.git", "log", "--format=%s", "main")
 
 
-def test_ceilometer_is_tested_with_the_new_nova_ahead_and_exports_land_in_gate_order(site):
-    # A: nova 12.0.1, slow tests; B: ceilometer 8.0.1, fast tests (they finish first).
-    a = propose(site, "nova", {"nova.spec": spec("nova", "12.0.1"), "DURATION": "6"}, "nova 12.0.1")
+def release_after_packstack(site, change: str, marker: Path, timeout: float = 300) -> None:
+    """Create ``marker`` (a job's ``WAIT_FOR``) once ``change``'s packstack run completed:
+    the order the test needs, however loaded the host."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for build in site.builds_of("packstack/packstack/x86_64"):
+            props = site.properties(build["buildid"])
+            if props.get("gating_change") == change and build["complete"]:
+                marker.touch()
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{change}'s packstack never completed")
+
+
+def test_ceilometer_is_tested_with_the_new_nova_ahead_and_exports_land_in_gate_order(
+    site, tmp_path
+):
+    # A: nova 12.0.1, slow tests; B: ceilometer 8.0.1, fast tests (they finish first: A's
+    # go on until B's are done, however loaded the host).
+    go = tmp_path / "b-tested"
+    a = propose(
+        site,
+        "nova",
+        {"nova.spec": spec("nova", "12.0.1"), "DURATION": "6", "WAIT_FOR": f"{go}\n"},
+        "nova 12.0.1",
+    )
     b = propose(
         site,
         "ceilometer",
@@ -160,6 +183,7 @@ def test_ceilometer_is_tested_with_the_new_nova_ahead_and_exports_land_in_gate_o
     )
     approve(site, "nova", a)
     approve(site, "ceilometer", b)
+    release_after_packstack(site, f"ceilometer~{b}", go)
     done = wait_finished(site, [f"nova~{a}", f"ceilometer~{b}"])
     assert {k: v["state"] for k, v in done.items()} == {
         f"nova~{a}": "merged",
@@ -223,8 +247,9 @@ def test_a_failed_export_leaves_git_and_the_repository_untouched_and_resets_the_
     done = wait_finished(site, [f"nova~{a}", f"ceilometer~{b}"])
     a_item, b_item = done[f"nova~{a}"], done[f"ceilometer~{b}"]
     assert a_item["state"] == "dequeued", json.dumps(a_item, indent=1)
-    assert "NVR nova-12.0.2-1 already built from a different commit: bump Release" in (
-        a_item["reason"]
+    assert (
+        "NVR nova-12.0.2-1 already built from a different commit: bump Release"
+        in (a_item["reason"])
     )
     assert b_item["state"] == "merged", json.dumps(b_item, indent=1)
     assert b_item["attempt"] >= 2  # reset when A's export failed

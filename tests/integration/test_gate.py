@@ -223,13 +223,16 @@ def test_shared_queue_failure_resets_the_items_behind_and_merges_in_order(make_s
     assert forge.change("ceilometer", b).result_reason == reason
 
 
-def test_merge_conflict_fails_the_item_and_leaves_the_items_behind_alone(make_site):
+def test_merge_conflict_fails_the_item_and_leaves_the_items_behind_alone(make_site, tmp_path):
     site = start_gate_site(make_site)
-    a = propose(site, "nova", {"shared.txt": "from A\n"}, "A: edits shared")
+    # A is still being tested when D and E come, however loaded the host.
+    go = tmp_path / "a-may-finish"
+    a = propose(site, "nova", {"shared.txt": "from A\n", "WAIT_FOR": f"{go}\n"}, "A: edits shared")
     d = propose(site, "nova", {"shared.txt": "from D\n"}, "D: conflicts with A")
     e = propose(site, "nova", {"e.txt": "E\n"}, "E: independent")
     for number in (a, d, e):
         assert gating(site, "approve", "nova", str(number)).returncode == 0
+    go.touch()
     A, D, E = f"nova~{a}", f"nova~{d}", f"nova~{e}"
     finished = wait_until_finished(site, [A, D, E])
     assert finished[D]["state"] == "dequeued"
@@ -243,14 +246,19 @@ def test_merge_conflict_fails_the_item_and_leaves_the_items_behind_alone(make_si
     assert merged_changes(site, "nova") == ["A: edits shared", "E: independent"]
 
 
-def test_window_of_two_runs_no_more_than_two_items_at_once(make_site):
+def test_window_of_two_runs_no_more_than_two_items_at_once(make_site, tmp_path):
     # window 2 with ceiling 2: merges do not widen it (Zuul's window-ceiling).
     site = start_gate_site(make_site, window=2)
-    numbers = [propose(site, "nova", {f"f{i}.txt": f"{i}\n"}, f"change {i}") for i in range(5)]
+    go = tmp_path / "all-approved"  # no run ends before every change is in the gate
+    numbers = [
+        propose(site, "nova", {f"f{i}.txt": f"{i}\n", "WAIT_FOR": f"{go}\n"}, f"change {i}")
+        for i in range(5)
+    ]
     watcher = Watcher(site)
     watcher.start()
     for number in numbers:
         assert gating(site, "approve", "nova", str(number)).returncode == 0
+    go.touch()
     keys = [f"nova~{n}" for n in numbers]
     finished = wait_until_finished(site, keys)
     watcher.stop.set()
@@ -277,13 +285,15 @@ def test_window_of_two_runs_no_more_than_two_items_at_once(make_site):
     assert watcher.max_testing <= 2
 
 
-def test_master_killed_while_items_test_resumes_and_merges_each_change_once(make_site):
+def test_master_killed_while_items_test_resumes_and_merges_each_change_once(make_site, tmp_path):
     site = start_gate_site(make_site)
+    go = tmp_path / "restarted"  # the runs are still going when the master is killed
+    hold = {"DURATION": "8\n", "WAIT_FOR": f"{go}\n"}
     numbers = {
-        "nova": [propose(site, "nova", {"k1.txt": "1\n", "DURATION": "8\n"}, "K1")],
-        "ceilometer": [propose(site, "ceilometer", {"k2.txt": "2\n", "DURATION": "8\n"}, "K2")],
+        "nova": [propose(site, "nova", {"k1.txt": "1\n", **hold}, "K1")],
+        "ceilometer": [propose(site, "ceilometer", {"k2.txt": "2\n", **hold}, "K2")],
     }
-    numbers["nova"].append(propose(site, "nova", {"k3.txt": "3\n", "DURATION": "8\n"}, "K3"))
+    numbers["nova"].append(propose(site, "nova", {"k3.txt": "3\n", **hold}, "K3"))
     for project, nums in numbers.items():
         for number in nums:
             assert gating(site, "approve", project, str(number)).returncode == 0
@@ -300,6 +310,7 @@ def test_master_killed_while_items_test_resumes_and_merges_each_change_once(make
     os.kill(site.master_pid(), signal.SIGKILL)
     time.sleep(1)
     site.start()  # the workers are still running; they reconnect
+    go.touch()
     after = queue_json(site)
     assert [i["change"] for q in after["queues"] for i in q["items"]] == [
         i["change"] for q in before["queues"] for i in q["items"]
