@@ -385,10 +385,9 @@ class BackendService(service.BuildbotService):
         folder = Path(self.backend.scratch_root) / "overlays"
         if not folder.is_dir():
             return
-        for entry in folder.iterdir():
-            if entry.name.startswith(prefix) and entry.name != keep:
-                self.backend.drop_overlay(entry.name)
-                (self.root / "repofiles" / f"{entry.name}.repo").unlink(missing_ok=True)
+        for name in overlaymod.stale_overlays((e.name for e in folder.iterdir()), prefix, keep):
+            self.backend.drop_overlay(name)
+            (self.root / "repofiles" / f"{name}.repo").unlink(missing_ok=True)
 
 
 def _fire(d: defer.Deferred, outcome: Any) -> None:

@@ -10,7 +10,7 @@ same project, as :func:`gating.forge.speculative_merge` builds them in order).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 OID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
@@ -73,6 +73,21 @@ def overlay_prefix(queue: str, change: str) -> str:
     """What every attempt's overlay name of a gate item starts with."""
     project, _sep, number = change.rpartition("~")
     return _UNSAFE.sub("_", f"gate-{queue}-{project}-{number}-")
+
+
+def stale_overlays(names: Iterable[str], prefix: str, keep: str) -> list[str]:
+    """The overlays of ``keep``'s gate item (names starting with ``prefix``) of EARLIER
+    attempts than ``keep``'s: what it replaces. A later attempt's overlay is never stale
+    for an earlier one (a killed attempt's late build must not remove its successor's)."""
+
+    def attempt(name: str) -> int | None:
+        rest = name[len(prefix) :] if name.startswith(prefix) else ""
+        return int(rest) if rest.isdigit() else None
+
+    mine = attempt(keep)
+    if mine is None:
+        return []
+    return sorted(n for n in names if n != keep and (a := attempt(n)) is not None and a < mine)
 
 
 def repo_file(sections: Sequence[tuple[str, str, int]]) -> str:

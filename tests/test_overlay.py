@@ -14,6 +14,7 @@ from gating.overlay import (
     repo_file,
     rpmbuild_command,
     scm_branch,
+    stale_overlays,
 )
 
 C1, C2, C3, C4 = ("1" * 40, "2" * 40, "3" * 40, "4" * 40)
@@ -39,8 +40,11 @@ def test_one_build_per_package_at_its_newest_commit_in_gate_order():
     got = packages_to_build(
         "glance",
         C4,
-        [ahead("nova~1", "nova", C1), ahead("ceilometer~2", "ceilometer", C2),
-         ahead("nova~3", "nova", C3)],
+        [
+            ahead("nova~1", "nova", C1),
+            ahead("ceilometer~2", "ceilometer", C2),
+            ahead("nova~3", "nova", C3),
+        ],
     )
     assert got == [("ceilometer", C2), ("nova", C3), ("glance", C4)]
 
@@ -110,3 +114,23 @@ def test_rpmbuild_script_refuses_zero_or_two_spec_files(tmp_path):
     (tmp_path / "src" / "b.spec").write_text("")
     proc = subprocess.run(rpmbuild_command(), cwd=tmp_path, capture_output=True, text=True)
     assert "found 2" in proc.stderr
+
+
+def test_only_earlier_attempts_of_the_same_item_are_stale():
+    prefix = overlay_prefix("rdo", "nova~1")
+    names = [
+        "gate-rdo-nova-1-1",
+        "gate-rdo-nova-1-2",
+        "gate-rdo-nova-1-3",
+        "gate-rdo-nova-12-1",  # another change whose number starts the same
+        "gate-rdo-nova-1-x",
+        "run-7",
+    ]
+    assert stale_overlays(names, prefix, "gate-rdo-nova-1-2") == ["gate-rdo-nova-1-1"]
+    assert stale_overlays(names, prefix, "gate-rdo-nova-1-3") == [
+        "gate-rdo-nova-1-1",
+        "gate-rdo-nova-1-2",
+    ]
+    # A killed attempt's late build never removes its successor's overlay.
+    assert stale_overlays(names, prefix, "gate-rdo-nova-1-1") == []
+    assert stale_overlays(names, prefix, "run-7") == []
