@@ -25,6 +25,7 @@ from tests.integration.test_export_local import (
     journal_entries,
     kill_master,
     make_seeds,
+    release_after_packstack,
     spec,
     wait_finished,
     wait_for,
@@ -121,20 +122,6 @@ def dest_history(hub: KojiTestHub) -> list[tuple[int, str, str]]:
     with KojiSession(KojiSettings(server=hub.url, topurl=hub.topurl)) as session:
         events = session.tag_history([DEST], None).events
     return [(e.event_id, e.action, e.nvr) for e in events]
-
-
-def release_after_packstack(site, change: str, marker: Path, timeout: float = 300) -> None:
-    """Create ``marker`` (a job's ``WAIT_FOR``) once ``change``'s packstack run completed:
-    the order the test needs, however loaded the host."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for build in site.builds_of("packstack/packstack/x86_64"):
-            props = site.properties(build["buildid"])
-            if props.get("gating_change") == change and build["complete"]:
-                marker.touch()
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{change}'s packstack never completed")
 
 
 def test_exports_land_in_gate_order_from_koji_tag_history(rebuild_site, hub, tmp_path):
