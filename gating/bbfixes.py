@@ -28,6 +28,17 @@ same answers as Buildbot's own:
   20 coordinators attaching to 1,100 builders made 436,000 comparisons). It is now
   collected once per class.
 
+And one correctness fix:
+
+* ``V2RootResource._write_json_data`` (the REST API's ``GET`` answers) runs in a thread
+  so that a large answer does not block the reactor, but it wrote the headers and the
+  body from that thread too. Twisted's transports are not thread-safe: now and then a
+  client got the headers (``Content-Length: N``) and then the connection closed with no
+  body (``IncompleteRead``; buildbot/buildbot#9065, seen by the multi-master test while
+  the reactor was busy with a gate takeover). The JSON is still encoded in the thread;
+  the headers and the body are now written on the reactor thread, before the request
+  finishes.
+
 Each replacement checks the method it replaces still has the signature it was written
 for; with another Buildbot it leaves that method alone. They belong upstream.
 """
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +57,7 @@ from buildbot.db.tags import TagsConnectorComponent
 from buildbot.mq.simple import SimpleMQ
 from buildbot.process.builder import Builder
 from buildbot.util import ComparableMixin, tuplematch
+from buildbot.www.rest import V2RootResource
 from twisted.internet import defer
 from twisted.python import reflect
 
@@ -62,6 +75,7 @@ def install() -> None:
     _replace(SimpleMQ, "produce", ("routingKey", "data"), _produce)
     _replace(ComparableMixin, "_cmp_common", ("them",), _cmp_common)
     _replace(ComparableMixin, "__hash__", ("self",), _hash)
+    _replace(V2RootResource, "_write_json_data", ("request", "encoder", "data"), _write_json_data)
 
 
 def _replace(
@@ -74,6 +88,8 @@ def _replace(
         return  # another Buildbot: leave it alone
     replacement = functools.wraps(original)(make(original))
     setattr(replacement, _MARK, True)
+    if isinstance(inspect.getattr_static(cls, name), staticmethod):
+        replacement = staticmethod(replacement)
     setattr(cls, name, replacement)
 
 
@@ -227,3 +243,45 @@ def _hash(original: Callable[..., Any]) -> Callable[..., Any]:
         return hash(tuple(map(str, values)))
 
     return hash_
+
+
+def _write_json_data(original: Callable[..., Any]) -> Callable[..., Any]:
+    def write_json_data(request: Any, encoder: Any, data: Any) -> None:
+        # In the thread (deferToThread): encode, giving up if the client went away.
+        body: list[bytes] = []
+        for chunk in encoder.iterencode(data):
+            if _request_finished(request):
+                return
+            body.append(chunk.encode("utf-8"))
+        written = threading.Event()
+        failure: list[BaseException] = []
+
+        def write() -> None:  # on the reactor thread
+            try:
+                if _request_finished(request):
+                    return
+                request.setHeader(b"content-length", str(sum(map(len, body))).encode())
+                if request.method != b"HEAD":
+                    request.write(b"".join(body))
+            except BaseException as error:  # handed to the caller, as Buildbot's raised
+                failure.append(error)
+            finally:
+                written.set()
+
+        from twisted.internet import reactor
+
+        reactor.callFromThread(write)  # type: ignore[attr-defined]
+        # The caller finishes the request once this returns: wait for the write, unless
+        # the reactor stopped (then the write never runs, and nobody reads the answer).
+        while not written.wait(0.5):
+            if not reactor.running:  # type: ignore[attr-defined]
+                return
+        if failure:
+            raise failure[0]
+
+    return write_json_data
+
+
+def _request_finished(request: Any) -> bool:
+    """Buildbot's ``_is_request_finished``: finished, or its connection lost."""
+    return bool(request.finished) or request.channel is None

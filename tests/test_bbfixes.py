@@ -3,6 +3,10 @@ database settings and builder prioritization (gating.master)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from types import SimpleNamespace
 
 import sqlalchemy as sa
@@ -184,6 +188,101 @@ def test_comparisons_are_buildbot_s():
         one, same
     )
     assert ComparableMixin._cmp_common(one, object())[0] is False
+
+
+# A Twisted web server answering as Buildbot's REST API does (``renderRest``: the JSON
+# written by ``V2RootResource._write_json_data`` in a thread, then ``request.finish()``),
+# with a reactor kept busy, and clients in threads. It prints how many writes were made
+# off the reactor thread and how many answers came back whole.
+REST_SERVER = textwrap.dedent(
+    """
+    import json, sys, threading, time, urllib.request
+    from http.client import HTTPException
+    from buildbot.www.rest import V2RootResource
+    from twisted.internet import reactor, task, threads
+    from twisted.web import resource, server
+    from gating import bbfixes
+
+    if sys.argv[1] == "fixed":
+        bbfixes.install()
+    DATA = {"schedulers": [{"name": "s%d" % i, "master": None} for i in range(500)]}
+    BODY = json.dumps(DATA, sort_keys=True).encode()
+    reactor_thread = threading.get_ident()
+    off_reactor = []
+
+    class Answer(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            for name in ("write", "setHeader"):
+                original = getattr(request, name)
+
+                def record(*args, _original=original, _name=name):
+                    if threading.get_ident() != reactor_thread:
+                        off_reactor.append(_name)
+                    return _original(*args)
+
+                setattr(request, name, record)
+            encoder = json.JSONEncoder(sort_keys=True)
+            d = threads.deferToThread(V2RootResource._write_json_data, request, encoder, DATA)
+            d.addCallback(lambda _: request.finish())
+            return server.NOT_DONE_YET
+
+    port = reactor.listenTCP(0, server.Site(Answer()), interface="127.0.0.1")
+    url = "http://127.0.0.1:%d/" % port.getHost().port
+    task.LoopingCall(time.sleep, 0.002).start(0.001)  # a busy reactor
+    results = {"whole": 0, "broken": 0}
+
+    def client():
+        for _ in range(15):
+            try:
+                with urllib.request.urlopen(url, timeout=30) as answer:
+                    whole = answer.read() == BODY
+            except HTTPException:
+                whole = False
+            results["whole" if whole else "broken"] += 1
+
+    def clients():
+        runs = [threading.Thread(target=client) for _ in range(4)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        reactor.callFromThread(reactor.stop)
+
+    reactor.callWhenRunning(lambda: threading.Thread(target=clients).start())
+    reactor.run()
+    results["off_reactor"] = len(off_reactor)
+    print(json.dumps(results))
+    """
+)
+
+
+def rest_answers(mode: str) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", REST_SERVER, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_rest_answers_are_written_on_the_reactor_thread_and_arrive_whole():
+    # Buildbot 4.3 writes from the encoding thread (buildbot/buildbot#9065) ...
+    assert rest_answers("buildbot")["off_reactor"] > 0
+    # ... the fix on the reactor thread, and every answer arrives whole.
+    assert rest_answers("fixed") == {"whole": 60, "broken": 0, "off_reactor": 0}
+
+
+def test_write_json_data_stays_a_static_method_marked_as_fixed():
+    from buildbot.www.rest import V2RootResource
+
+    bbfixes.install()
+    found = V2RootResource.__dict__["_write_json_data"]
+    assert isinstance(found, staticmethod)
+    assert getattr(found.__func__, "_gating_fix", False)
 
 
 def test_db_config_sqlite_file_pooled_and_synchronous_normal(tmp_path):
