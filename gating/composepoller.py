@@ -7,7 +7,12 @@ FINISHED_INCOMPLETE; DOOMED is reported as failed at once (there is nothing to t
 old-style nightly without STATUS is done when koji shows tasks for it and none is open
 (:mod:`gating.compose`). The composes already started and the reports still waiting for
 their pipelines are kept in the master's database (Buildbot object state), so a restart
-neither repeats nor loses one.
+neither repeats nor loses one. A compose is saved as started, its entry marked ``firing``,
+before its first buildset is added, and each buildset carries the location, the compose and
+the pipeline (``external_idstring``, :func:`compose_idstring`): a master killed while it
+starts a compose's pipelines does not start them again on restart; the next master adopts
+the buildsets that exist, starts only the pipelines without one (:mod:`gating.firing`) and
+the report waits for all of them.
 
 When every pipeline run of a compose has finished, the report (added, removed and missing
 expected images, failed jobs with links) is written as JSON under ``BASEDIR/compose-reports``,
@@ -35,6 +40,7 @@ from twisted.python import log
 from zope.interface import implementer
 
 from gating import compose as composemod
+from gating import firing
 from gating.compose import Compose, Expected, FailedJob, Report
 from gating.kojiclient import KojiCall, KojiSession, KojiSettings
 
@@ -72,6 +78,18 @@ class ComposeSettings:
         if self.server and self.topurl:
             return KojiSession(KojiSettings(server=self.server, topurl=self.topurl))
         return None
+
+
+def compose_idstring(location: str, compose_id: str, pipeline: str) -> str:
+    """The ``external_idstring`` of the buildset a compose starts for a pipeline (a digest
+    when it does not fit Buildbot's column)."""
+    return firing.buildset_idstring("compose", location, compose_id, pipeline)
+
+
+def entry_complete(entry: dict[str, Any]) -> bool:
+    """Whether every pipeline run of a pending compose has finished: never while its
+    pipelines are being started (``firing``: some may have no buildset yet)."""
+    return not entry.get("firing") and len(entry["done"]) == len(entry["bsids"])
 
 
 def report_path(reports_dir: str | Path, compose_id: str) -> Path:
@@ -197,6 +215,26 @@ class ComposeScheduler(ReconfigurableBaseScheduler):
             yield self._save(loc.name, state)
             yield self._report(loc, state, current.id)
             return
+        # Saved as fired before its first buildset: a master killed from here on never
+        # starts the compose from scratch again (see _finish_firing).
+        entry["firing"] = True
+        state["pending"][current.id] = entry
+        yield self._save(loc.name, state)
+        for pipeline in loc.pipelines:
+            yield self._start(loc, entry, pipeline)
+            # integration tests: a master killed once a buildset exists, before "started"
+            yield firing.pause_for_test("compose-fire-after-buildsets", self.name)
+        del entry["firing"]
+        yield self._save(loc.name, state)
+        log.msg(
+            f"{self.name}: compose {current.id} at {loc.name} is {state_name}: started "
+            + ", ".join(loc.pipelines)
+        )
+
+    @defer.inlineCallbacks
+    def _start(self, loc: ComposeLocation, entry: dict[str, Any], pipeline: str) -> Any:
+        """Add the buildset of ``pipeline`` for the compose of ``entry`` (into its bsids)."""
+        current = Compose.from_json(entry["compose"])
         props = Properties()
         values = {
             "compose_id": current.id,
@@ -207,21 +245,34 @@ class ComposeScheduler(ReconfigurableBaseScheduler):
         }
         for key, value in values.items():
             props.setProperty(key, value, "compose")
-        for pipeline in loc.pipelines:
-            bsid, _ = yield self.addBuildsetForSourceStampsWithDefaults(
-                reason=f"compose {current.id} ({loc.name}) is {state_name}",
-                sourcestamps=[],
-                properties=props,
-                builderNames=[pipeline],
-            )
-            entry["bsids"].append(bsid)
-            self._waiting[bsid] = (loc.name, current.id)
-        log.msg(
-            f"{self.name}: compose {current.id} at {loc.name} is {state_name}: started "
-            + ", ".join(loc.pipelines)
+        bsid, _ = yield self.addBuildsetForSourceStampsWithDefaults(
+            reason=f"compose {current.id} ({loc.name}) is {entry['state']}",
+            sourcestamps=[],
+            properties=props,
+            builderNames=[pipeline],
+            external_idstring=compose_idstring(loc.name, current.id, pipeline),
         )
-        state["pending"][current.id] = entry
-        yield self._save(loc.name, state)
+        entry["bsids"].append(bsid)
+        self._waiting[bsid] = (loc.name, current.id)
+
+    @defer.inlineCallbacks
+    def _finish_firing(self, loc: ComposeLocation, compose_id: str, entry: dict[str, Any]) -> Any:
+        """A compose whose pipelines a killed master was starting: adopt the buildsets it
+        added (the report waits for them) and start only the pipelines without one."""
+        idents = {p: compose_idstring(loc.name, compose_id, p) for p in loc.pipelines}
+        found = yield firing.existing_buildsets(self.master, idents.values())
+        for pipeline, ident in idents.items():
+            bsid = found.get(ident)
+            if bsid is None:
+                yield self._start(loc, entry, pipeline)
+                log.msg(f"{self.name}: compose {compose_id}: {pipeline} started after a restart")
+            elif bsid not in entry["bsids"]:
+                entry["bsids"].append(bsid)
+                log.msg(
+                    f"{self.name}: compose {compose_id}: {pipeline} was started before a "
+                    f"restart (buildset {bsid})"
+                )
+        del entry["firing"]
 
     def _read(self, loc: ComposeLocation) -> tuple[Compose, str]:
         current = composemod.read_location(loc.location, timeout=self.settings.timeout)
@@ -265,13 +316,15 @@ class ComposeScheduler(ReconfigurableBaseScheduler):
             return
         entry["done"][str(bsid)] = yield self._failed_jobs(bsid)
         yield self._save(loc.name, state)
-        if len(entry["done"]) == len(entry["bsids"]):
+        if entry_complete(entry):
             yield self._report(loc, state, compose_id)
 
     @defer.inlineCallbacks
     def _recheck_pending(self, loc: ComposeLocation) -> Any:
         state = yield self._load(loc.name)
         for compose_id, entry in list(state["pending"].items()):
+            if entry.get("firing"):
+                yield self._finish_firing(loc, compose_id, entry)
             for bsid in entry["bsids"]:
                 if str(bsid) in entry["done"]:
                     continue
@@ -280,7 +333,7 @@ class ComposeScheduler(ReconfigurableBaseScheduler):
                 if buildset and buildset["complete"]:
                     entry["done"][str(bsid)] = yield self._failed_jobs(bsid)
             yield self._save(loc.name, state)
-            if len(entry["done"]) == len(entry["bsids"]):
+            if entry_complete(entry):
                 yield self._report(loc, state, compose_id)
 
     @defer.inlineCallbacks

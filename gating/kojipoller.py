@@ -9,7 +9,7 @@ nor repeats an event. An event's buildsets carry its key (``external_idstring``,
 :func:`buildset_idstring`) and the event being fired is saved before them
 (``koji_firing``), so a master killed between starting an event's pipelines and saving
 the event as fired starts, on restart, only those of its pipelines that have no buildset
-yet. As a Buildbot scheduler it is active on one master at a time.
+yet (:mod:`gating.firing`). As a Buildbot scheduler it is active on one master at a time.
 
 A hub that does not answer costs a poll cycle, not the poller: a cycle's retries stop
 within about one poll interval (:func:`gating.outage.poll_cycle_policy`), the cursor stays
@@ -21,21 +21,19 @@ delivered, once, when the hub answers again. Meanwhile :meth:`KojiEventScheduler
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from buildbot.data import resultspec
-from buildbot.data.buildsets import buildset_field_mapping
 from buildbot.process.properties import Properties, Secret
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, task, threads
 from twisted.python import log
 
+from gating import firing
+from gating.firing import IDSTRING_MAX, TEST_HOOKS_ENV  # noqa: F401 (tests import them here)
 from gating.kojiclient import KojiSession, KojiSettings, KojiUnavailable
 from gating.kojievents import (
     KOJI_BUILD,
@@ -57,11 +55,6 @@ CURSOR_KEY = "koji_cursor"
 FIRED_KEY = "koji_fired"
 # The key of the event whose pipelines are being started (None between events).
 FIRING_KEY = "koji_firing"
-# Integration tests only: with a file ``pause-koji-fire-after-buildsets`` in this directory,
-# the scheduler stops (for good) once an event's buildsets were added, before the event is
-# saved as fired, so that a test can kill the master there. Unset in production.
-TEST_HOOKS_ENV = "GATING_TEST_HOOKS_DIR"
-IDSTRING_MAX = 256  # Buildbot's buildsets.external_idstring column
 # How many fired event keys are remembered (to drop duplicates from the message bus).
 FIRED_MEMORY = 2000
 
@@ -296,7 +289,8 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
                 f"{self.name}: {event.describe()}: started "
                 + ", ".join(f"{p} (buildset {b})" for p, b in started)
             )
-        yield self._test_pause("pause-koji-fire-after-buildsets")
+        # integration tests: a master killed once the buildsets exist, before "fired"
+        yield firing.pause_for_test("koji-fire-after-buildsets", self.name)
         if self.on_event is not None:
             try:
                 yield self.on_event(event)
@@ -317,17 +311,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         ``external_idstring``, only for the event a killed master was firing)."""
         pipelines = self.settings.watches.pipelines_for(event)
         idents = [buildset_idstring(event.key, p) for p in pipelines]
-        spec = resultspec.ResultSpec(filters=[resultspec.Filter("external_idstring", "in", idents)])
-        spec.fieldMapping = buildset_field_mapping
-        buildsets = yield self.master.db.buildsets.getBuildsets(resultSpec=spec)
-        return {b.external_idstring for b in buildsets}
-
-    def _test_pause(self, name: str) -> Any:
-        folder = os.environ.get(TEST_HOOKS_ENV)
-        if not folder or not (Path(folder) / name).exists():
-            return None
-        (Path(folder) / name.replace("pause-", "paused-", 1)).write_text(self.name)
-        return defer.Deferred()  # never fires: the test kills the master here
+        return set((yield firing.existing_buildsets(self.master, idents)))
 
     def _run_tasks(self, event: KojiBuildEvent) -> defer.Deferred:
         """``on_event`` with task repositories: their tasks' builds for the event."""
@@ -361,10 +345,7 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
 def buildset_idstring(event_key: str, pipeline: str) -> str:
     """The ``external_idstring`` of the buildset an event starts for a pipeline: the event's
     key and the pipeline, or their digest when that does not fit Buildbot's column."""
-    ident = f"koji-event {event_key} {pipeline}"
-    if len(ident) <= IDSTRING_MAX:
-        return ident
-    return "koji-event sha256:" + hashlib.sha256(ident.encode()).hexdigest()
+    return firing.buildset_idstring("koji-event", event_key, pipeline)
 
 
 def _with_password(url: str, password: str) -> str:

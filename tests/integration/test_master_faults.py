@@ -5,6 +5,10 @@ library on loopback), real git, ``rpmbuild`` and ``createrepo_c``.
 * killed in the middle of a koji-events poll cycle that found events, after one event's
   pipelines were started and before the cycle was saved: each event starts its pipelines
   exactly once after the restart (none lost, none repeated);
+* killed in a compose poll, after the first of a compose's two pipelines was started and
+  before the compose was saved as started: after the restart each pipeline ran once for the
+  compose, the run started before the kill is adopted (its failed job is in the report) and
+  one report is written;
 * killed while the gate's koji scratch builds run on the hub: the gate resumes by itself,
   every change merges once with its RPM landed, in gate order, and the orphaned scratch
   tasks are adopted (their results are the ones the overlays use: no second task for the
@@ -25,7 +29,8 @@ import koji
 import pytest
 import yaml
 
-from tests.integration.conftest import SUCCESS
+from tests.integration.conftest import FAILURE, SUCCESS
+from tests.support.composes import ComposeServer, image, set_status, write_compose
 from tests.support.koji_hub import KojiTestHub
 
 TAGS = ["f40-updates", "f40-updates-testing"]
@@ -148,6 +153,109 @@ def test_a_master_killed_in_a_poll_cycle_neither_loses_nor_repeats_an_event(
     (fired,) = object_state(site, "koji_fired")
     assert len(fired) == len(set(fired)) == 3
     assert object_state(site, "koji_firing") == [None]
+
+
+# -- (c') a kill in the middle of a compose poll ---------------------------------------
+
+COMPOSE = "Fedora-Rawhide-20261105.n.0"
+COMPOSE_JOB = "compose-tests/workstation-live/x86_64"
+# A second compose pipeline, added to this test's copy of the site (it runs after
+# compose-tests: pipelines are started in name order).
+UPGRADE_PIPELINE = """\
+trigger:
+  compose: {location: rawhide}
+pipeline:
+  - upgrade
+jobs:
+  upgrade:
+    architectures: [x86_64]
+    run: echo "upgrade from compose=$GATING_COMPOSE_ID"
+"""
+
+
+@pytest.fixture(scope="module")
+def compose_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("composes")
+    (root / "rawhide").mkdir()
+    with ComposeServer(root) as server:
+        yield root, server
+
+
+def compose_site(make_site, server):
+    site = make_site("composes", start=False)
+    (site.config_dir / "pipelines" / "compose-upgrade.yaml").write_text(UPGRADE_PIPELINE)
+    conf = site.config_dir / "gating.yaml"
+    data = yaml.safe_load(conf.read_text())
+    data["composes"] = [
+        {"name": "rawhide", "location": server.url_for("rawhide/latest"), "poll-interval": 1}
+    ]
+    del data["mail"]  # no mail reporter: the report is counted in the master's log
+    conf.write_text(yaml.safe_dump(data))
+    return site
+
+
+def compose_requests(site, pipeline: str) -> list[dict]:
+    builderid = site.builder_ids()[pipeline]
+    return site.api(f"builders/{builderid}/buildrequests")["buildrequests"]
+
+
+def test_a_master_killed_in_a_compose_poll_neither_loses_nor_repeats_its_pipelines(
+    make_site, compose_tree, tmp_path, monkeypatch
+):
+    from gating.firing import TEST_HOOKS_ENV
+
+    root, server = compose_tree
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    monkeypatch.setenv(TEST_HOOKS_ENV, str(hooks))
+    (hooks / "pause-compose-fire-after-buildsets").write_text("")
+    # No Workstation image: compose-tests' job fails (its failure must reach the report).
+    write_compose(root / "rawhide", COMPOSE, [image("Server", "dvd", "x86_64")], "STARTED")
+    (root / "rawhide" / "latest").symlink_to(COMPOSE)
+    site = compose_site(make_site, server)
+    site.start()
+    set_status(root / "rawhide" / COMPOSE, "FINISHED")
+
+    # The poll started compose-tests, the first pipeline, and stopped there.
+    wait_for(
+        lambda: (hooks / "paused-compose-fire-after-buildsets").exists(), "no compose poll paused"
+    )
+    (state,) = object_state(site, "compose:rawhide")
+    assert state["fired"] == [COMPOSE] and state["pending"][COMPOSE]["firing"] is True
+    assert len(compose_requests(site, "compose-tests")) == 1
+    assert compose_requests(site, "compose-upgrade") == []
+    # Its run finishes while the scheduler is stuck (the news of it is lost with the master).
+    first = wait_for(
+        lambda: [b for b in site.builds_of("compose-tests") if b["complete"]],
+        "compose-tests did not run",
+    )
+    assert [b["results"] for b in first] == [FAILURE]
+    kill_master(site)
+    (hooks / "pause-compose-fire-after-buildsets").unlink()
+    site.start()
+
+    report_file = site.master_dir / "compose-reports" / f"{COMPOSE}.json"
+    wait_for(report_file.exists, "no compose check report after the restart")
+    # A few more polls: nothing else starts.
+    asked = len(server.requests)
+    wait_for(lambda: len(server.requests) >= asked + 6, "the master stopped polling", 60)
+    report = json.loads(report_file.read_text())
+    for pipeline in ("compose-tests", "compose-upgrade"):
+        (request,) = compose_requests(site, pipeline)
+        (run,) = site.builds_of(pipeline)
+        assert run["complete"] and run["buildrequestid"] == request["buildrequestid"]
+        assert site.properties(run["buildid"])["compose_id"] == COMPOSE
+        assert request["buildsetid"] in report["buildsets"]
+    assert site.builds_of("compose-upgrade")[0]["results"] == SUCCESS
+    assert len(report["buildsets"]) == 2
+    # The adopted run's failed job is in the report.
+    assert report["result"] == "failed"
+    assert [(j["name"], j["result"]) for j in report["failed_jobs"]] == [(COMPOSE_JOB, "failure")]
+    # One report, and the compose is no longer pending nor being started.
+    log = (site.master_dir / "twistd.log").read_text()
+    assert log.count(f"compose check report of {COMPOSE}:") == 1
+    (state,) = object_state(site, "compose:rawhide")
+    assert state["fired"] == [COMPOSE] and state["pending"] == {}
 
 
 # -- (b) a kill while the gate's koji scratch builds run on the hub -----------------------
