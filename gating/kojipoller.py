@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,16 +50,16 @@ from gating.kojievents import (
 from gating.outage import HubOutage, poll_cycle_policy
 from gating.siteevents import TaskRepoConfig
 from gating.taskrunner import TASK_WORKDIR, TaskRepoRunner
+from gating.testhooks import pause_requested
 
 KOJI_SCHEDULER = "koji-events"
 CURSOR_KEY = "koji_cursor"
 FIRED_KEY = "koji_fired"
 # The key of the event whose pipelines are being started (None between events).
 FIRING_KEY = "koji_firing"
-# Integration tests only: with a file ``pause-koji-fire-after-buildsets`` in this directory,
-# the scheduler stops (for good) once an event's buildsets were added, before the event is
-# saved as fired, so that a test can kill the master there. Unset in production.
-TEST_HOOKS_ENV = "GATING_TEST_HOOKS_DIR"
+# Integration tests only (gating.testhooks): with ``pause-koji-fire-after-buildsets``, the
+# scheduler stops (for good) once an event's buildsets were added, before the event is saved
+# as fired, so that a test can kill the master there.
 IDSTRING_MAX = 256  # Buildbot's buildsets.external_idstring column
 # How many fired event keys are remembered (to drop duplicates from the message bus).
 FIRED_MEMORY = 2000
@@ -323,10 +322,8 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
         return {b.external_idstring for b in buildsets}
 
     def _test_pause(self, name: str) -> Any:
-        folder = os.environ.get(TEST_HOOKS_ENV)
-        if not folder or not (Path(folder) / name).exists():
+        if not pause_requested(name, self.name):
             return None
-        (Path(folder) / name.replace("pause-", "paused-", 1)).write_text(self.name)
         return defer.Deferred()  # never fires: the test kills the master here
 
     def _run_tasks(self, event: KojiBuildEvent) -> defer.Deferred:
