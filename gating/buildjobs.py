@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import threading
 import time
@@ -41,12 +40,9 @@ from gating import gaterpc
 from gating import overlay as overlaymod
 from gating.backend import BackendConfig, BuildBackend, Release, make_backend
 from gating.forge import git_env
+from gating.testhooks import pause_requested
 
 SERVICE_NAME = "gating-backend"
-# Integration tests only: a directory where a file ``pause-export-after-<step>`` makes the
-# export job stop (until it is interrupted) right after it recorded that step, so that a
-# test can kill the master there. Unset in production: nothing is looked up.
-TEST_HOOKS_ENV = "GATING_TEST_HOOKS_DIR"
 RPMBUILD_TRIGGER = "gating:rpmbuild"
 GATE = "gate"
 # Threads of the backend's own pool for builds (koji: a thread waits for each build task).
@@ -601,10 +597,8 @@ class Export(_BuiltinStep):
     def _test_pause(self, step: str) -> Any:
         """Integration tests only (``GATING_TEST_HOOKS_DIR``): stop after ``step`` when the
         test asked for it, and say so in ``paused-export-after-<step>``."""
-        folder = os.environ.get(TEST_HOOKS_ENV)
-        if not folder or not (Path(folder) / f"pause-export-after-{step}").exists():
+        if not pause_requested(f"pause-export-after-{step}", str(self.build.buildid)):
             return None
-        (Path(folder) / f"paused-export-after-{step}").write_text(str(self.build.buildid))
         self._waiting = defer.Deferred()
         return self._waiting
 

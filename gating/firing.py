@@ -13,20 +13,16 @@ the others. Used by :mod:`gating.kojipoller` and :mod:`gating.composepoller`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from buildbot.data import resultspec
 from buildbot.data.buildsets import buildset_field_mapping
 from twisted.internet import defer
 
+from gating.testhooks import pause_requested
+
 IDSTRING_MAX = 256  # Buildbot's buildsets.external_idstring column
-# Integration tests only: with a file ``pause-<point>`` in this directory, the scheduler stops
-# (for good) at that point and writes ``paused-<point>``, so that a test can kill the master
-# there. Unset in production: nothing is looked up.
-TEST_HOOKS_ENV = "GATING_TEST_HOOKS_DIR"
 
 
 def buildset_idstring(kind: str, *parts: str) -> str:
@@ -55,10 +51,8 @@ def existing_buildsets(master: Any, idents: Iterable[str]) -> Any:
 
 
 def pause_for_test(point: str, who: str) -> defer.Deferred | None:
-    """Integration tests only: a Deferred that never fires when ``$GATING_TEST_HOOKS_DIR``
-    holds ``pause-<point>`` (``paused-<point>`` is written, with ``who``), else None."""
-    folder = os.environ.get(TEST_HOOKS_ENV)
-    if not folder or not (Path(folder) / f"pause-{point}").exists():
+    """Integration tests only (:mod:`gating.testhooks`): a Deferred that never fires when the
+    test asked to stop at ``point`` (a file ``pause-<point>``), else None."""
+    if not pause_requested(f"pause-{point}", who):
         return None
-    (Path(folder) / f"paused-{point}").write_text(who)
     return defer.Deferred()  # never fires: the test kills the master here

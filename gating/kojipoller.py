@@ -33,7 +33,7 @@ from twisted.internet import defer, task, threads
 from twisted.python import log
 
 from gating import firing
-from gating.firing import IDSTRING_MAX, TEST_HOOKS_ENV  # noqa: F401 (tests import them here)
+from gating.firing import IDSTRING_MAX  # noqa: F401 (tests import it here)
 from gating.kojiclient import KojiSession, KojiSettings, KojiUnavailable
 from gating.kojievents import (
     KOJI_BUILD,

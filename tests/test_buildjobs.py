@@ -15,7 +15,7 @@ from buildbot.test.steps import TestBuildStepMixin
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from gating import buildjobs
+from gating import buildjobs, testhooks
 from gating.backend import Release
 from gating.buildjobs import SERVICE_NAME, BackendService, Export, ScratchBuild
 from gating.localbackend import NVRConflict
@@ -308,7 +308,7 @@ class BuiltinStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         from buildbot.process.results import CANCELLED
 
         with tempfile.TemporaryDirectory() as folder:
-            self.patch(buildjobs.os, "environ", {buildjobs.TEST_HOOKS_ENV: folder})
+            self.patch(testhooks.os, "environ", {testhooks.TEST_HOOKS_ENV: folder})
             (Path(folder) / "pause-export-after-tagged").write_text("")
             self.wire(Export())
             self.gate.grant.callback(None)

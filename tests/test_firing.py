@@ -5,7 +5,8 @@ tests/integration/test_master_faults.py)."""
 
 from __future__ import annotations
 
-from gating.firing import IDSTRING_MAX, TEST_HOOKS_ENV, buildset_idstring, pause_for_test
+from gating.firing import IDSTRING_MAX, buildset_idstring, pause_for_test
+from gating.testhooks import TEST_HOOKS_ENV
 
 
 def test_an_idstring_joins_its_parts_and_fits_buildbots_column_as_a_digest():

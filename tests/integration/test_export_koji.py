@@ -293,7 +293,7 @@ def test_promote_mode_holds_the_export_lock_without_any_build_task(make_site, hu
 def koji_hooks(rebuild_site, tmp_path, monkeypatch):
     """The export job's test hook (GATING_TEST_HOOKS_DIR) on: the master is restarted with
     it in its environment."""
-    from gating.buildjobs import TEST_HOOKS_ENV
+    from gating.testhooks import TEST_HOOKS_ENV
 
     folder = tmp_path / "hooks"
     folder.mkdir()

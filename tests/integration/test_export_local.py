@@ -349,7 +349,7 @@ def kill_master(site) -> None:
 def hooks(site, tmp_path, monkeypatch):
     """The export job's test hook (GATING_TEST_HOOKS_DIR) on: the master is restarted with
     it in its environment."""
-    from gating.buildjobs import TEST_HOOKS_ENV
+    from gating.testhooks import TEST_HOOKS_ENV
 
     folder = tmp_path / "hooks"
     folder.mkdir()

@@ -9,6 +9,9 @@ library on loopback), real git, ``rpmbuild`` and ``createrepo_c``.
   before the compose was saved as started: after the restart each pipeline ran once for the
   compose, the run started before the kill is adopted (its failed job is in the report) and
   one report is written;
+* killed in the middle of a poll cycle of the embedded forge that found two new patchsets,
+  after the first one's Buildbot change was added and before it was saved as seen: each
+  patchset becomes one Buildbot change and runs its ``trigger: check`` pipeline once;
 * killed while the gate's koji scratch builds run on the hub: the gate resumes by itself,
   every change merges once with its RPM landed, in gate order, and the orphaned scratch
   tasks are adopted (their results are the ones the overlays use: no second task for the
@@ -29,7 +32,7 @@ import koji
 import pytest
 import yaml
 
-from tests.integration.conftest import FAILURE, SUCCESS
+from tests.integration.conftest import FAILURE, RETRY, SUCCESS
 from tests.support.composes import ComposeServer, image, set_status, write_compose
 from tests.support.koji_hub import KojiTestHub
 
@@ -107,7 +110,7 @@ def test_a_master_killed_in_a_poll_cycle_neither_loses_nor_repeats_an_event(
     events_site, events_hub, tmp_path, monkeypatch
 ):
     site, hub = events_site, events_hub
-    from gating.kojipoller import TEST_HOOKS_ENV
+    from gating.testhooks import TEST_HOOKS_ENV
 
     hooks = tmp_path / "hooks"
     hooks.mkdir()
@@ -202,7 +205,7 @@ def compose_requests(site, pipeline: str) -> list[dict]:
 def test_a_master_killed_in_a_compose_poll_neither_loses_nor_repeats_its_pipelines(
     make_site, compose_tree, tmp_path, monkeypatch
 ):
-    from gating.firing import TEST_HOOKS_ENV
+    from gating.testhooks import TEST_HOOKS_ENV
 
     root, server = compose_tree
     hooks = tmp_path / "hooks"
@@ -256,6 +259,96 @@ def test_a_master_killed_in_a_compose_poll_neither_loses_nor_repeats_its_pipelin
     assert log.count(f"compose check report of {COMPOSE}:") == 1
     (state,) = object_state(site, "compose:rawhide")
     assert state["fired"] == [COMPOSE] and state["pending"] == {}
+
+
+# -- (c') a kill in the middle of a poll cycle of the embedded forge ----------------------
+
+
+def check_runs(site) -> list[tuple[str, int]]:
+    """(gating_change, gating_patchset) of each run of the gate site's check pipeline: its
+    build requests (a build a killed master left is retried in the same request)."""
+    builderid = site.builder_ids()["check"]
+    runs = []
+    for request in site.api(f"builders/{builderid}/buildrequests")["buildrequests"]:
+        props = site.api(f"buildsets/{request['buildsetid']}/properties")["properties"][0]
+        runs.append((props["gating_change"][0], props["gating_patchset"][0]))
+    return sorted(runs)
+
+
+def check_results(site) -> dict[str, list[int]]:
+    """The results of the finished builds of the check pipeline, by gating_change."""
+    builderid = site.builder_ids()["check"]
+    builds = site.api(f"builders/{builderid}/builds?property=gating_change")["builds"]
+    out: dict[str, list[int]] = {}
+    for b in builds:
+        if b["complete"]:
+            out.setdefault(b["properties"]["gating_change"][0], []).append(b["results"])
+    return out
+
+
+def patchset_changes(site) -> list[tuple[str, int]]:
+    """(gating_change, gating_patchset) of each Buildbot change the forge reported."""
+    return sorted(
+        (c["properties"]["gating_change"][0], c["properties"]["gating_patchset"][0])
+        for c in site.api("changes")["changes"]
+        if c["category"] == "patchset-created"
+    )
+
+
+def test_a_master_killed_in_a_forge_poll_cycle_neither_loses_nor_repeats_a_patchset(
+    make_site, tmp_path, monkeypatch
+):
+    from gating.testhooks import TEST_HOOKS_ENV
+    from tests.integration.test_gate import propose, start_gate_site
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    monkeypatch.setenv(TEST_HOOKS_ENV, str(hooks))
+    site = start_gate_site(make_site)
+    wait_for(lambda: object_state(site, "polled") == [True], "the forge was never polled", 120)
+    # Two ceilometer changes (checked by the site's check pipeline) that the next master's
+    # first poll cycle finds together: pushed while no master runs.
+    kill_master(site)
+    a = propose(site, "ceilometer", {"a.txt": "A\n"}, "ceilometer: A")
+    b = propose(site, "ceilometer", {"b.txt": "B\n"}, "ceilometer: B")
+    expected = [(f"ceilometer~{a}", 1), (f"ceilometer~{b}", 1)]
+    (hooks / "pause-forge-after-change").write_text("")
+    site.start()
+
+    # The cycle added the first patchset's Buildbot change and stopped there.
+    wait_for(lambda: (hooks / "paused-forge-after-change").exists(), "no forge cycle paused")
+    # Killed once the master has said it is up (the launch cycle may pause before): Buildbot
+    # frees the claims of a master killed before that only when they expire (10 min).
+    wait_for(lambda: site.api("masters")["masters"][0]["active"], "the master never came up")
+    (adding,) = object_state(site, "adding")
+    assert adding in (f"ceilometer~{a}/1", f"ceilometer~{b}/1")
+    assert adding not in json.loads(object_state(site, "seen")[0])
+    kill_master(site)
+    (hooks / "pause-forge-after-change").unlink()
+    site.start()
+
+    keys = [f"ceilometer~{a}", f"ceilometer~{b}"]
+    wait_for(
+        lambda: all(SUCCESS in check_results(site).get(k, []) for k in keys),
+        "the check runs did not pass",
+    )
+    # A later cycle (it saves a nova patchset as seen) starts nothing else.
+    c = propose(site, "nova", {"c.txt": "C\n"}, "nova: not checked")
+    wait_for(
+        lambda: f"nova~{c}/1" in json.loads(object_state(site, "seen")[0]),
+        "the master stopped polling the forge",
+        120,
+    )
+    time.sleep(2)  # a run of a late duplicate would be requested by now
+    assert check_runs(site) == expected
+    # One passed build each (the run the kill interrupted, if any, was retried: RETRY).
+    assert {k: [r for r in v if r != RETRY] for k, v in check_results(site).items()} == {
+        k: [SUCCESS] for k in keys
+    }
+    assert patchset_changes(site) == sorted([*expected, (f"nova~{c}", 1)])
+    (seen,) = object_state(site, "seen")
+    assert {f"ceilometer~{a}/1", f"ceilometer~{b}/1"} <= set(json.loads(seen))
+    assert object_state(site, "adding") == [None]
 
 
 # -- (b) a kill while the gate's koji scratch builds run on the hub -----------------------
