@@ -32,8 +32,8 @@ from buildbot.util.state import StateMixin
 from twisted.internet import defer, threads
 from twisted.python import log
 
+from gating.firing import pause_for_test
 from gating.forge import ChangeInfo, LocalForge
-from gating.testhooks import pause_requested
 
 CATEGORY = "patchset-created"
 SEEN_KEY = "seen"
@@ -44,7 +44,7 @@ ADDED_LOOKUP_LIMIT = 20
 # Integration tests only (gating.testhooks): with ``pause-forge-after-change``, a poll cycle
 # stops (for good) right after its first Buildbot change was added, before the patchset is
 # saved as seen, so that a test can kill the master there.
-PAUSE_AFTER_CHANGE = "pause-forge-after-change"
+PAUSE_AFTER_CHANGE = "forge-after-change"
 
 
 def patchset_key(change: ChangeInfo) -> str:
@@ -141,7 +141,7 @@ class ForgeChangeSource(ReconfigurablePollingChangeSource, StateMixin):
                 adding = key
                 yield self.setState(ADDING_KEY, adding)
                 yield self._add(change)
-                yield self._test_pause()
+                yield pause_for_test(PAUSE_AFTER_CHANGE, self.name)
             seen.add(key)
             yield self.setState(SEEN_KEY, json.dumps(sorted(seen)))
             if adding is not None:  # also the mark of a change found added before
@@ -211,8 +211,3 @@ class ForgeChangeSource(ReconfigurablePollingChangeSource, StateMixin):
             return conn.execute(query).first() is not None
 
         return self.master.db.pool.do(thd)
-
-    def _test_pause(self) -> Any:
-        if not pause_requested(PAUSE_AFTER_CHANGE, self.name):
-            return None
-        return defer.Deferred()  # never fires: the test kills the master here
