@@ -319,7 +319,12 @@ class KojiEventScheduler(ReconfigurableBaseScheduler):
             assert self.settings.task_repos is not None
             workdir = Path(self.master.basedir) / TASK_WORKDIR
             self._runner = TaskRepoRunner(self.settings.task_repos, workdir)
-        return self._runner.handle(self, event)
+        if self._interrupted != event.key:
+            return self._runner.handle(self, event)
+        # the event a killed master was firing: only the tasks it had not started yet
+        return self._runner.handle(
+            self, event, lambda idents: firing.existing_buildsets(self.master, idents)
+        )
 
     @defer.inlineCallbacks
     def _save(self) -> Any:

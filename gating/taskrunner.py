@@ -8,6 +8,10 @@ event, and one per broken task directory, so a broken ``runtask.yaml`` fails onl
 build, with every ``FILE:LINE:COLUMN`` message in the log. A package without a task
 repository (or without the branch) is logged once and is no error.
 
+Each task buildset carries the event's key and the task directory (``external_idstring``,
+:func:`task_idstring`), so that the event a killed master was firing (see
+:mod:`gating.kojipoller`) starts, on restart, only the tasks that have no buildset yet.
+
 The decisions are plain functions (:func:`read_repo` runs git in a thread,
 :func:`task_buildsets` is pure); :meth:`TaskRepoRunner.handle` only adds the buildsets.
 :func:`task_factory` gives the builder's steps: :class:`TaskStep` on the master (which task,
@@ -24,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from twisted.python import log
 
 from gating import taskrepo
 from gating.commands import script_command
+from gating.firing import buildset_idstring
 from gating.forge import git_env
 from gating.kojievents import KOJI_BUILD, KOJI_TAG, KojiBuildEvent
 from gating.siteevents import TaskRepoConfig
@@ -89,10 +94,16 @@ class Checkout:
 
 @dataclass
 class TaskBuildset:
-    """One build request on the task builder: its reason and properties."""
+    """One build request on the task builder: its reason, properties and idstring."""
 
     reason: str
     properties: dict[str, Any]
+    ident: str = ""
+
+
+def task_idstring(event_key: str, directory: str) -> str:
+    """The ``external_idstring`` of the buildset an event adds for a task directory."""
+    return buildset_idstring("koji-task", event_key, directory)
 
 
 @dataclass
@@ -216,6 +227,7 @@ def task_buildsets(
     out: list[tuple[str, TaskBuildset]] = []
     for task in taskrepo.for_event(checkout.tasks, event.kind):
         name = title(task.name, event)
+        ident = task_idstring(event.key, task.directory)
         props = {
             **base,
             "task_name": task.name,
@@ -235,7 +247,7 @@ def task_buildsets(
                 task_env=env,
                 task_timeout=task.timeout or config.timeout,
             )
-        out.append((task.directory, TaskBuildset(name, props)))
+        out.append((task.directory, TaskBuildset(name, props, ident)))
     for error in checkout.errors:
         name = title(error.directory, event)
         props = {
@@ -246,7 +258,8 @@ def task_buildsets(
             "task_title": name,
             "task_error": str(error),
         }
-        out.append((error.directory, TaskBuildset(name, props)))
+        ident = task_idstring(event.key, error.directory)
+        out.append((error.directory, TaskBuildset(name, props, ident)))
     out.sort(key=lambda pair: pair[0])
     return [b for _, b in out]
 
@@ -304,9 +317,17 @@ class TaskRepoRunner:
         self._missing: dict[tuple[str, str], None] = {}  # an ordered set
 
     @defer.inlineCallbacks
-    def handle(self, scheduler: Any, event: KojiBuildEvent) -> Any:
+    def handle(
+        self,
+        scheduler: Any,
+        event: KojiBuildEvent,
+        started_before: Callable[[Iterable[str]], defer.Deferred] | None = None,
+    ) -> Any:
         """Clone the event's task repository in a thread, then add one buildset per task on
-        :data:`TASK_BUILDER` through ``scheduler``. Returns the buildset ids."""
+        :data:`TASK_BUILDER` through ``scheduler``. Returns the buildset ids.
+
+        ``started_before`` (for the event a killed master was firing) gives the idstrings,
+        of those asked, that already have a buildset: those tasks are not added again."""
         outcome = yield threads.deferToThread(
             plan, self.config, event, self.workdir, self.clone_timeout
         )
@@ -319,8 +340,14 @@ class TaskRepoRunner:
                 log.msg(f"{name}: {event.describe()}: {outcome.note} (not reported again)")
         elif outcome.note:
             log.msg(f"{name}: {event.describe()}: {outcome.note}")
+        done: Any = ()
+        if started_before is not None and outcome.buildsets:
+            done = yield started_before([b.ident for b in outcome.buildsets])
         started = []
         for buildset in outcome.buildsets:
+            if buildset.ident in done:
+                log.msg(f"{name}: {buildset.reason}: started before a restart")
+                continue
             props = Properties()
             for key, value in buildset.properties.items():
                 props.setProperty(key, value, "task-repos")
@@ -329,6 +356,7 @@ class TaskRepoRunner:
                 sourcestamps=[],
                 properties=props,
                 builderNames=[TASK_BUILDER],
+                external_idstring=buildset.ident,
             )
             started.append(bsid)
         return started

@@ -34,6 +34,7 @@ from gating.taskrunner import (
     read_repo,
     task_buildsets,
     task_factory,
+    task_idstring,
 )
 from tests.support.taskrepos import BROKEN_MESSAGES, head, make_task_repo
 from tests.test_steps import silence_deprecations
@@ -220,6 +221,43 @@ def test_the_branch_rules_of_the_configuration_pick_the_branch(repos, tmp_path, 
     scheduler, _ = handle(runner, build_event(release="1.eln140"))
     assert [c["properties"]["task_name"] for c in scheduler.calls] == ["broken", "check_nvr"]
     assert scheduler.calls[0]["properties"]["task_branch"] == "f40"
+
+
+def test_each_task_buildset_carries_the_event_key_and_its_directory(repos, tmp_path, in_line):
+    runner = runner_for(repos, tmp_path / "work")
+    event = build_event()
+    scheduler, _ = handle(runner, event)
+    assert {c["properties"]["task_directory"]: c["external_idstring"] for c in scheduler.calls} == {
+        "broken": f"koji-task {event.key} broken",
+        "check_nvr": f"koji-task {event.key} check_nvr",
+    }
+    other, _ = handle(runner, build_event(build_id=8))
+    assert not {c["external_idstring"] for c in other.calls} & {
+        c["external_idstring"] for c in scheduler.calls
+    }
+
+
+def test_the_event_a_killed_master_was_firing_adds_only_the_tasks_without_a_buildset(
+    repos, tmp_path, in_line, logged
+):
+    runner = runner_for(repos, tmp_path / "work")
+    event = build_event()
+    asked: list[list[str]] = []
+
+    def started_before(idents):
+        asked.append(list(idents))
+        return defer.succeed({task_idstring(event.key, "broken"): 5})
+
+    scheduler = FakeScheduler()
+    d = runner.handle(scheduler, event, started_before)
+    assert d.called and d.result == [1]
+    assert asked == [[task_idstring(event.key, d) for d in ("broken", "check_nvr")]]
+    assert [c["properties"]["task_name"] for c in scheduler.calls] == ["check_nvr"]
+    assert any("started before a restart" in line for line in logged)
+
+
+def test_a_task_idstring_fits_buildbots_column():
+    assert len(task_idstring("k" * 200, "d" * 200)) <= 256
 
 
 def test_the_clone_is_removed_after_reading_it(repos, tmp_path, in_line):
