@@ -281,8 +281,15 @@ def check_results(site) -> dict[str, list[int]]:
     builds = site.api(f"builders/{builderid}/builds?property=gating_change")["builds"]
     out: dict[str, list[int]] = {}
     for b in builds:
-        if b["complete"]:
-            out.setdefault(b["properties"]["gating_change"][0], []).append(b["results"])
+        if not b["complete"]:
+            continue
+        change = b["properties"].get("gating_change")
+        if change is None:
+            # a build the killed master had just started (its properties never reached the
+            # database): Buildbot ends it as RETRY, and its request runs again
+            assert b["results"] == RETRY, b
+            continue
+        out.setdefault(change[0], []).append(b["results"])
     return out
 
 
